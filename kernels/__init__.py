@@ -1,0 +1,1 @@
+"""Numba kernels (RNN-T loss, monotonic alignment search). Importing this package compiles nothing."""

@@ -1,0 +1,1 @@
+"""Training data: corpus synthesis from speech engines, manifests, conversations + RTTM, loaders."""

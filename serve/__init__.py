@@ -1,0 +1,1 @@
+"""The voice agent server: sans-I/O protocol, per-session pipeline, asyncio WebSocket shell."""
