@@ -78,3 +78,9 @@ def test_console_script_runs():
     exe = Path(sys.executable).parent / "minivox"
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "minivox" in out.stdout
+
+
+def test_selftest_checks_streaming_against_offline(capsys):
+    assert cli.main(["selftest", "--seconds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "selftest passed" in out and "200 frames x 80 mels" in out
