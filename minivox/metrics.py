@@ -54,10 +54,17 @@ import bisect
 import itertools
 import json
 import math
+import numbers
 import sys
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+def _is_seconds(x) -> bool:
+    """A finite real number (not a bool): a valid time or duration in seconds."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
 
 # ----------------------------------------------------------------------------------------------
 # 1. Word and character error rate
@@ -260,7 +267,7 @@ def read_rttm(path: str | Path) -> dict[str, list[Segment]]:
     """
     path = Path(path)
     segments: dict[str, list[Segment]] = {}
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, start=1):
             fields = line.split()
             if not fields or fields[0].startswith(";;") or fields[0] != "SPEAKER":
@@ -489,7 +496,7 @@ def _paired_files(
     ref: SegmentsOrCorpus, hyp: SegmentsOrCorpus, collar: float
 ) -> dict[str | None, tuple[list[Segment], list[Segment]]]:
     """{file_id: (ref segments, hyp segments)}, file ids of ref first; a single file has id None."""
-    if isinstance(collar, bool) or not isinstance(collar, (int, float)) or not math.isfinite(collar) or collar < 0:
+    if not _is_seconds(collar) or collar < 0:
         raise ValueError(f"collar: expected a finite number of seconds >= 0, got {collar!r}")
     if isinstance(ref, Mapping) != isinstance(hyp, Mapping):
         raise ValueError(
@@ -666,9 +673,9 @@ def percentile(values: Sequence[float], q: float) -> float:
 def _detection_times(item, k: int) -> list[float]:
     if item is None:
         return []
-    times = [item] if isinstance(item, (int, float)) else list(item)
+    times = [item] if isinstance(item, numbers.Real) else list(item)
     for t in times:
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        if not _is_seconds(t):
             raise ValueError(f"detections[{k}]: expected finite times in seconds, got {t!r}")
     return sorted(float(t) for t in times)
 
@@ -699,12 +706,12 @@ def eou_metrics(
             f"and {len(detections)} detection lists"
         )
     for name, value in (("max_latency", max_latency), ("early_tolerance", early_tolerance)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        if not _is_seconds(value) or value < 0:
             raise ValueError(f"{name}: expected a finite number of seconds >= 0, got {value!r}")
     num_detections = true_positives = false_early = late = duplicates = cut_in = 0
     latencies = []
     for k, (end, item) in enumerate(zip(reference_ends, detections)):
-        if isinstance(end, bool) or not isinstance(end, (int, float)) or not math.isfinite(end):
+        if not _is_seconds(end):
             raise ValueError(f"reference_ends[{k}]: expected a finite time in seconds, got {end!r}")
         times = _detection_times(item, k)
         opens, closes = end - early_tolerance, end + max_latency
@@ -747,7 +754,7 @@ class _UserError(Exception):
 
 def _read_text(path: str) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")  # a BOM is not part of the first word
     except FileNotFoundError:
         raise _UserError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
