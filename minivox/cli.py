@@ -5,6 +5,8 @@ modules (torch, numba) only when it runs, so `minivox --help` stays instant.
 
     minivox info                      versions, threads, numba/CUDA, bundled checkpoints
     minivox selftest                  run the audio frontend end to end on a generated signal
+    minivox wer REF HYP               word/character error rates with S/D/I counts
+    minivox der REF.rttm HYP.rttm     diarization error rate (miss, false alarm, confusion) and JER
 """
 
 from __future__ import annotations
@@ -150,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     selftest = sub.add_parser("selftest", help="run the audio frontend end to end on a generated signal")
     selftest.add_argument("--seconds", type=float, default=10.0, help="length of the test signal (default 10)")
     selftest.set_defaults(func=_selftest)
+    from minivox import metrics  # standard library only: keeps --help instant
+
+    metrics.register(sub)
     return parser
 
 
