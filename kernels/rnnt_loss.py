@@ -111,23 +111,31 @@ def _cost_and_grad(logits, targets, logit_lengths, target_lengths, blank, clamp,
     return torch.from_numpy(costs)
 
 
+def _costs_and_grads(logits, targets, logit_lengths, target_lengths, blank, clamp, fused_log_softmax,
+                     fastemit_lambda, grad_scale, with_grad):
+    """Costs [B] float64 and (if with_grad) grad_scale * clamp(d cost_b / d logits) in logits' dtype."""
+    x = logits.detach()
+    x = (x.float() if x.dtype in _UPCAST else x).contiguous()  # [B, T, U+1, V], upcast once
+    grads = torch.empty_like(x) if with_grad else None
+    costs = _cost_and_grad(x, targets, logit_lengths, target_lengths, blank, clamp, fastemit_lambda,
+                           fused_log_softmax, grad_scale, grads)
+    return costs, None if grads is None else grads.to(logits.dtype)
+
+
 class _RNNTLossFunction(torch.autograd.Function):
     """costs = RNN-T loss; the gradient is made in forward and only scaled in backward."""
 
     @staticmethod
     def forward(ctx, logits, targets, logit_lengths, target_lengths, blank, clamp, reduction,
                 fused_log_softmax, fastemit_lambda):
-        x = logits.detach()
-        x = (x.float() if x.dtype in _UPCAST else x).contiguous()  # [B, T, U+1, V], upcast once
-        B = x.shape[0]
         # The usual loss.backward() passes grad_output = 1, so the mean's 1/B goes in now and
-        # backward has nothing to do; another grad_output costs one extra pass there.
-        grad_scale = 1.0 / B if reduction == "mean" else 1.0
-        grads = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        costs = _cost_and_grad(x, targets, logit_lengths, target_lengths, blank, clamp,
-                               fastemit_lambda, fused_log_softmax, grad_scale, grads)  # [B] float64
-        ctx.grads = None if grads is None else grads.to(logits.dtype)
+        # backward has nothing left to do; another grad_output costs one more pass there.
+        grad_scale = 1.0 / logits.shape[0] if reduction == "mean" else 1.0
+        ctx.kernel_args = (blank, clamp, fused_log_softmax, fastemit_lambda, grad_scale)
         ctx.reduction = reduction
+        ctx.save_for_backward(logits, targets, logit_lengths, target_lengths)
+        costs, ctx.grads = _costs_and_grads(logits, targets, logit_lengths, target_lengths,
+                                            *ctx.kernel_args, with_grad=ctx.needs_input_grad[0])
         if reduction == "sum":
             costs = costs.sum()
         elif reduction == "mean":
@@ -137,10 +145,11 @@ class _RNNTLossFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):
-        grads, ctx.grads = ctx.grads, None  # hand the buffer over: autograd may keep it as .grad
+        # Hand the buffer over (autograd can then adopt it as .grad without a copy). A second
+        # backward through a retained graph (retain_graph=True, gradcheck) recomputes it.
+        grads, ctx.grads = ctx.grads, None
         if grads is None:
-            raise RuntimeError("rnnt_loss: backward ran twice through the same graph; "
-                               "the kernel's gradient buffer is consumed by the first backward")
+            _, grads = _costs_and_grads(*ctx.saved_tensors, *ctx.kernel_args, with_grad=True)
         scale = grad_output.view(-1, 1, 1, 1) if ctx.reduction == "none" else grad_output  # [B,1,1,1] or []
         if grads.is_cuda or not bool((scale == 1).all()):
             grads.mul_(scale.to(grads.dtype))
