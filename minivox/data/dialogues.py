@@ -341,7 +341,7 @@ PARAPHRASES: dict[str, list[str]] = {
                 "how much is {v} {src} in {dst}", "change {v} {src} into {dst}", "{v} {src} in {dst}",
                 "can you convert {v} {src} into {dst}"],
     "timer": ["set a timer for {d}", "start a timer for {d}", "timer for {d}", "can you set a timer for {d}",
-              "count down {d}", "set a timer for {d} please", "start a {d} countdown"],
+              "count down {d}", "set a timer for {d} please", "start a countdown for {d}"],
     "define": ["what does {w} mean", "define {w}", "what's the meaning of {w}", "what is the definition of {w}",
                "what does the word {w} mean", "tell me what {w} means", "can you define {w}"],
     "that_times": ["and what's that times {c}", "now multiply that by {c}", "times {c}", "what if I multiply it by {c}",
