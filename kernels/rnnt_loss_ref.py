@@ -94,6 +94,11 @@ def _utterance_costs(
     if fastemit_lambda > 0:
         label_lp = _ScaleGrad.apply(label_lp, 1.0 + fastemit_lambda)
 
+    # Per-node views blank_at[t][u], label_at[t][u]: [B]. (unbind keeps backward to one stack
+    # per row; indexing blank_lp[:, t, u] node by node would make a full-size gradient per node.)
+    blank_at = [row.unbind(1) for row in blank_lp.unbind(1)]
+    label_at = [row.unbind(1) for row in label_lp.unbind(1)]
+
     # alpha[t][u]: [B], one lattice node for the whole batch at a time.
     alpha = [[None] * U1 for _ in range(T)]
     alpha[0][0] = log_probs.new_zeros(B)
@@ -103,9 +108,9 @@ def _utterance_costs(
                 continue
             arrivals = []
             if t > 0:
-                arrivals.append(alpha[t - 1][u] + blank_lp[:, t - 1, u])  # blank from (t-1, u)
+                arrivals.append(alpha[t - 1][u] + blank_at[t - 1][u])  # blank from (t-1, u)
             if u > 0:
-                arrivals.append(alpha[t][u - 1] + label_lp[:, t, u - 1])  # emit y_u from (t, u-1)
+                arrivals.append(alpha[t][u - 1] + label_at[t][u - 1])  # emit y_u from (t, u-1)
             alpha[t][u] = torch.logsumexp(torch.stack(arrivals), dim=0)
 
     alphas = torch.stack([torch.stack(row, dim=1) for row in alpha], dim=1)  # [B, T, U+1]
@@ -146,11 +151,11 @@ def rnnt_loss_reference(
     Runs T * (U+1) small autograd steps, so keep T and U small.
     """
     V = logits.shape[-1]
-    blank = blank % V
+    blank_index = blank % V
 
     def cost_fn(x: Tensor) -> Tensor:
         return _utterance_costs(
-            x, targets, logit_lengths, target_lengths, blank, fused_log_softmax, fastemit_lambda
+            x, targets, logit_lengths, target_lengths, blank_index, fused_log_softmax, fastemit_lambda
         )
 
     costs = _ClampedUtteranceGrad.apply(logits, clamp, cost_fn) if clamp > 0 else cost_fn(logits)  # [B]
