@@ -366,6 +366,24 @@ def test_import_does_not_load_numba():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
+def test_numba_machine_code_is_cached_across_processes():
+    """A fresh process loads the CPU kernels from numba's on-disk cache instead of compiling."""
+    logits, targets, logit_lengths, target_lengths = _ragged_problem()
+    _costs_and_grads(rnnt_loss, logits, targets, logit_lengths, target_lengths)  # compiles or loads here
+    code = textwrap.dedent("""
+        import json, torch
+        from minivox.kernels import rnnt_loss, rnnt_loss_cpu
+        x = torch.randn(2, 3, 2, 4, requires_grad=True)
+        rnnt_loss(x, torch.tensor([[1], [2]]), torch.tensor([3, 2]), torch.tensor([1, 0])).backward()
+        kernels = ("_node_log_probs", "_alphas_betas", "_gradients")
+        stats = {k: getattr(rnnt_loss_cpu, k).stats for k in kernels}
+        print(json.dumps({k: [sum(s.cache_hits.values()), sum(s.cache_misses.values())] for k, s in stats.items()}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True, text=True)
+    stats = json.loads(out.stdout.strip().splitlines()[-1])
+    assert all(hits >= 1 and misses == 0 for hits, misses in stats.values()), stats
+
+
 _CUDASIM_CHILD = textwrap.dedent("""
     import sys, numpy as np
     from minivox.kernels import rnnt_loss_cuda
