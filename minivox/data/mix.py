@@ -86,9 +86,9 @@ class MixConfig:
     intra_turn_pause: list[float] = field(default_factory=lambda: [0.1, 0.5])  # between one speaker's utterances
     pause_mean: float = 0.5  # between turns: exponential with this mean...
     pause_max: float = 2.0  # ...clipped here
-    overlap_prob: float = 0.2  # a turn starts before the previous one ended
-    overlap: list[float] = field(default_factory=lambda: [0.2, 1.5])  # by this much (capped at half of either turn)
-    interjection_prob: float = 0.1  # a short utterance of another speaker inside a turn
+    overlap_prob: float = 0.3  # a turn starts before the previous one ended
+    overlap: list[float] = field(default_factory=lambda: [0.3, 2.0])  # by this much (capped at half of either turn)
+    interjection_prob: float = 0.15  # a short utterance of another speaker inside a turn
     interjection_max: float = 1.5  # longest speech that counts as an interjection
     edge: float = 0.05  # source audio kept around the detected speech (faded in/out over it)
     lead_silence: list[float] = field(default_factory=lambda: [0.2, 1.0])  # before the first and after the last speech
@@ -327,10 +327,11 @@ PEAK = 0.95  # the mix is scaled down if its peak would exceed this
 
 def pink_noise(num_samples: int, rng: np.random.Generator) -> np.ndarray:
     """Unit-power 1/f noise [S]: white Gaussian noise shaped by 1/sqrt(f) in the frequency domain."""
-    spectrum = np.fft.rfft(rng.standard_normal(num_samples))
+    n_fft = 1 << max(num_samples - 1, 1).bit_length()  # a power of two: FFTs of prime lengths are slow
+    spectrum = np.fft.rfft(rng.standard_normal(n_fft))
     f = np.arange(len(spectrum), dtype=np.float64)
     spectrum /= np.sqrt(np.maximum(f, 1.0))
-    noise = np.fft.irfft(spectrum, n=num_samples)
+    noise = np.fft.irfft(spectrum, n=n_fft)[:num_samples]
     return noise / (np.sqrt(np.mean(noise**2)) + 1e-12)
 
 
