@@ -256,7 +256,7 @@ def plan_conversation(rng: np.random.Generator, pool: Pool, cfg: MixConfig, load
                 start = last_end[speaker] + _uniform(rng, cfg.intra_turn_pause)
             place(speaker, path, start)
         turn_end = last_end[speaker]
-        if num_speakers > 1 and rng.random() < cfg.interjection_prob:
+        if rng.random() < cfg.interjection_prob:
             _interject(rng, pool, cfg, speakers, speaker, turn_start, turn_end, last_end, speech_length, place)
         cursor, previous, previous_turn = max(cursor, turn_end), speaker, turn_end - turn_start
     duration = cursor + _uniform(rng, cfg.lead_silence)
@@ -264,9 +264,9 @@ def plan_conversation(rng: np.random.Generator, pool: Pool, cfg: MixConfig, load
     snr = _uniform(rng, cfg.snr_db) if rng.random() < cfg.noise_prob else None
     if not placements:
         raise ValueError(f"no speech found in the utterances of speakers {speakers}")
-    first: dict[str, float] = {}
+    first: dict[str, float] = {}  # each speaker's first speech onset: speakers are listed in arrival order
     for p in placements:
-        first[p.speaker] = min(first.get(p.speaker, math.inf), p.offset)
+        first[p.speaker] = min(first.get(p.speaker, math.inf), p.offset + p.intervals[0][0] - p.cut_start)
     return Conversation(sorted(first, key=first.get), placements, gains, duration, snr)
 
 
