@@ -133,11 +133,21 @@ conversations:
 - - plain text that
     continues here
   - last
+# a comment
+- - a script?
+  - |
+    #!/bin/sh
+
+    echo hi
+- a typo: one dash
+  - '22'
 """
     assert tc.parse_yaml_conversations(text) == [
         ["Hello", "Hi there, how are you?"],
         ['It\'s a "quoted" line that folds', 'double "quoted"', "line one\n  indented"],
         ["plain text that continues here", "last"],
+        ["a script?", "#!/bin/sh\n\necho hi"],
+        ["a typo: one dash", "22"],
     ]
 
 
