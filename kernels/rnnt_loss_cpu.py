@@ -26,8 +26,9 @@ U labels, V vocabulary incl. blank; the lattice has T x (U+1) nodes):
 
 No [B, T, U+1, V] temporary exists besides the gradient itself: the work arrays are
 [B, T, U+1] float64 (denominators, row maxima, blank/label log-probs, alphas, betas).
-float32 logits are read and the gradient written in float32; everything per node
-(denominators, recursions, occupancies) is float64.
+float32 logits are read, summed over V (vectorised) and the gradient written in float32;
+everything per node (log-denominators, recursions, occupancies, the blank and label
+entries of the gradient) is float64.
 
 Entry point: `cost_and_grad` on numpy arrays; `rnnt_loss.py` wraps it for torch.
 """
@@ -66,16 +67,16 @@ def _int32_bits_as_float32(typingctx, bits):
 _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI = np.float32(0.693359375)  # ln 2 split in two (Cody-Waite) so n * ln2 is exact
 _LN2_LO = np.float32(-2.12194440e-4)
-_EXP_MIN = np.float32(-87.33654)  # below: result underflows float32 -> 0
-_EXP_MAX = np.float32(88.72283)  # above: result overflows -> inf
+_EXP_MIN = np.float32(-87.33654)  # below: exp(x) < smallest normal float32 -> 0
+_EXP_MAX = np.float32(88.0)  # above: inf (exact overflow is at 88.72; the kernels only pass x <= 0)
 
 
 @njit(fastmath={"contract"}, cache=True)
 def _exp_float32(x):
-    """exp(x) for float32 x, about 2 ulp: exp(x) = 2^n * exp(r), |r| <= ln2 / 2.
+    """exp(x) for float32 x <= 88, within 2 ulp: exp(x) = 2^n * exp(r), |r| <= ln2 / 2.
 
-    exp(r) is the degree-7 Taylor-like minimax polynomial of Cephes' expf; 2^n is built by
-    placing n + 127 in the exponent bits. Branch-free, so LLVM vectorises callers' loops.
+    exp(r) is the polynomial of Cephes' expf (degree 7 in r); 2^n is built by placing
+    n + 127 in the exponent bits. Branch-free, so LLVM vectorises the callers' loops.
     """
     xc = min(max(x, _EXP_MIN), _EXP_MAX)
     biased = np.int32(xc * _LOG2E + np.float32(127.5))  # floor(x / ln2 + 0.5) + 127 (argument > 0)
