@@ -456,7 +456,7 @@ def expand_units(text: str) -> str:
 
     def read(match: re.Match) -> str:
         number, unit = match.groups()
-        singular, plural = _UNITS[unit.replace("° ", "°")]
+        singular, plural = _UNITS[unit]
         return f" {_decimal(number)} {singular if number == '1' else plural} "
 
     return _UNIT.sub(read, text.replace("° C", "°C").replace("° F", "°F"))
