@@ -251,3 +251,17 @@ def test_process_pool_gives_the_same_files(tmp_path, corpus, mixed):
     for row_a, row in zip(out_a["train"], out["train"]):
         assert row == row_a
         assert (tmp_path / row["audio_filepath"]).read_bytes() == open(f"{cfg_a.out_dir}/{row_a['audio_filepath']}", "rb").read()
+
+
+def test_mix_command(tmp_path, corpus):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    mix.register(parser.add_subparsers())
+    args = parser.parse_args(["mix", "--config", "configs/data_diar.toml", f"out_dir={tmp_path}", "num_workers=1",
+                              f'mix.manifests=["{corpus}"]', 'mix.test_speakers=["s4"]', "mix.num_train=2",
+                              "mix.num_dev=1", "mix.num_test=0", "mix.duration=[3.0, 4.0]", "mix.dev_fraction=0.25"])
+    assert args.func(args) == 0
+    rows = read_manifest(tmp_path / "train.jsonl", required=mix.MANIFEST_FIELDS)
+    assert len(rows) == 2 and all(r["audio_filepath"].startswith(str(tmp_path)) for r in rows)
+    assert read_manifest(tmp_path / "test.jsonl", required=mix.MANIFEST_FIELDS) == []

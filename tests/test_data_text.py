@@ -430,3 +430,15 @@ def test_recipe_config_loads_and_cli_writes_valid_files(tmp_path, wordnet_dir):
         assert len(dlg.validate_dialogues_file(tmp_path / f"dialogues_{split}.jsonl")) == n
     check = parser.parse_args(["dialogues", "--check", str(tmp_path / "dialogues_test.jsonl")])
     assert check.func(check) == 0
+
+
+def test_text_command_writes_tagged_sentences(tmp_path, wordnet_dir):
+    parser = argparse.ArgumentParser()
+    tc.register(parser.add_subparsers())
+    args = parser.parse_args(["text", "--config", "configs/data_llm.toml", f"out_dir={tmp_path}",
+                              f"text.wordnet_dir={wordnet_dir}", 'text.sources=["wordnet", "templates"]',
+                              "text.num_templates=50"])
+    assert args.func(args) == 0
+    rows = [json.loads(line) for line in (tmp_path / "sentences.jsonl").read_text().splitlines()]
+    assert {r["source"] for r in rows} == {"wordnet", "templates"}
+    assert [r["text"] for r in rows if r["source"] == "wordnet"][0] == "The beacon was lit on the hill."
