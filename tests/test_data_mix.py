@@ -158,7 +158,7 @@ def test_heldout_voices_only_in_test(mixed):
 def test_dev_and_train_utterances_are_disjoint(corpus):
     cfg = config("unused", corpus)
     pools, heldout = mix.split_pools(read_manifest(corpus), cfg.mix, cfg.seed)
-    files = {split: {path for paths in pool.values() for path, _ in paths} for split, pool in pools.items()}
+    files = {split: {path for paths in pool.utterances.values() for path, _ in paths} for split, pool in pools.items()}
     assert not files["train"] & files["dev"] and files["dev"] and heldout == ["s3", "s4"]
 
 
@@ -199,7 +199,7 @@ def test_manifest_and_config_errors(tmp_path, corpus):
         mix.split_pools(read_manifest(corpus), config(tmp_path, corpus, test_speakers=["nobody"]).mix, 0)
     only_two = [r for r in read_manifest(corpus) if r["speaker"] in ("s0", "s3")]
     write_manifest(tmp_path / "two.jsonl", only_two)
-    with pytest.raises(ValueError, match="at least 2 speakers"):
+    with pytest.raises(ValueError, match="at least 2 voices"):
         mix.run_mix(config(tmp_path / "out", tmp_path / "two.jsonl", test_speakers=["s3"]), log=lambda m: None)
 
 
@@ -259,9 +259,32 @@ def test_mix_command(tmp_path, corpus):
     parser = argparse.ArgumentParser()
     mix.register(parser.add_subparsers())
     args = parser.parse_args(["mix", "--config", "configs/data_diar.toml", f"out_dir={tmp_path}", "num_workers=1",
-                              f'mix.manifests=["{corpus}"]', 'mix.test_speakers=["s4"]', "mix.num_train=2",
+                              f'mix.manifests=["{corpus}"]', 'mix.test_speakers=["s4"]', "mix.heldout_field=speaker", "mix.num_train=2",
                               "mix.num_dev=1", "mix.num_test=0", "mix.duration=[3.0, 4.0]", "mix.dev_fraction=0.25"])
     assert args.func(args) == 0
     rows = read_manifest(tmp_path / "train.jsonl", required=mix.MANIFEST_FIELDS)
     assert len(rows) == 2 and all(r["audio_filepath"].startswith(str(tmp_path)) for r in rows)
     assert read_manifest(tmp_path / "test.jsonl", required=mix.MANIFEST_FIELDS) == []
+
+
+def test_perturbed_copies_of_a_voice_never_share_a_conversation(tmp_path, corpus):
+    """Rows as `minivox data synth` writes them: pseudo-speakers `s0~sp1.1` of voice `s0`, some noisy."""
+    rows = []
+    for r in read_manifest(corpus):
+        rows.append({**r, "base_speaker": r["speaker"], "noise": "none"})
+        rows.append({**r, "speaker": r["speaker"] + "~sp1.1", "base_speaker": r["speaker"], "noise": "none"})
+        rows.append({**r, "speaker": r["speaker"] + "~noisy", "base_speaker": r["speaker"], "noise": "pink"})
+    write_manifest(tmp_path / "synth.jsonl", rows)
+    cfg = config(tmp_path / "out", tmp_path / "synth.jsonl", heldout_field="base_speaker", exclude_if=["noise", "rt60"],
+                 num_train=8, num_dev=0, num_test=2)
+    pools, _ = mix.split_pools(read_manifest(tmp_path / "synth.jsonl"), cfg.mix, cfg.seed)
+    assert not any(s.endswith("~noisy") for pool in pools.values() for s in pool.utterances)
+    assert set(pools["test"].groups.values()) == {"s3", "s4"} and "s3~sp1.1" in pools["test"].utterances
+    out = mix.run_mix(cfg, log=lambda m: None)
+    used = set()
+    for split, manifest_rows in out.items():
+        for row in manifest_rows:
+            voices = [s.split("~")[0] for s in row["speakers"]]
+            assert len(set(voices)) == len(voices), row["speakers"]
+            used |= set(row["speakers"])
+    assert any("~sp1.1" in s for s in used)

@@ -16,7 +16,8 @@ How one conversation is made (its randomness comes only from (seed, split, index
 deterministic however the work is spread over processes, and an interrupted run resumes where it
 stopped, skipping conversations whose files and progress line exist):
 
-1. Speakers: 2..4 (weights `speaker_count_weights`), distinct, from the split's pool.
+1. Speakers: 2..4 (weights `speaker_count_weights`) from the split's pool, all of different voices
+   (`heldout_field`), so two perturbed copies of one voice never talk to each other.
 2. Turns: each turn is 1..N utterances of one speaker; the next turn goes to another speaker (often
    one who has not spoken yet). The conversation ends past its target length once all have spoken.
 3. Timing is set in *speech* time. Each source utterance's speech is measured with a frame-energy
@@ -72,7 +73,7 @@ class MixConfig:
     heldout_field: str = "speaker"  # field that test_speakers names (e.g. a base voice shared by perturbed copies)
     test_speakers: list[str] = field(default_factory=list)  # only in test; [] = num_test_speakers picked by seed
     num_test_speakers: int = 4
-    exclude_if: list[str] = field(default_factory=list)  # skip rows where any of these fields is set (e.g. noise)
+    exclude_if: list[str] = field(default_factory=list)  # skip rows where one of these fields is set (not None/""/"none"/false)
     num_train: int = 2000
     num_dev: int = 100
     num_test: int = 200
@@ -197,18 +198,28 @@ def _uniform(rng: np.random.Generator, bounds) -> float:
     return float(rng.uniform(bounds[0], bounds[1]))
 
 
-Pool = dict[str, list[tuple[str, float]]]  # speaker -> [(audio path, manifest duration in seconds)]
+@dataclass
+class Pool:
+    """The source utterances one split may use."""
+
+    utterances: dict[str, list[tuple[str, float]]]  # speaker -> [(audio path, manifest duration in seconds)]
+    groups: dict[str, str]  # speaker -> its voice (`heldout_field`); a conversation's voices are all different
+
+
 MAX_TURNS = 10000  # a guard against a pool whose utterances are all silent
 
 
 def plan_conversation(rng: np.random.Generator, pool: Pool, cfg: MixConfig, load: SourceAudio) -> Conversation:
     """Lay out one conversation from `pool` (see the module docstring). Utterances in which no
     speech is detected are skipped."""
-    names = sorted(pool)
-    max_n = min(len(cfg.speaker_count_weights) + 1, len(names))
+    names = sorted(pool.utterances)
+    max_n = min(len(cfg.speaker_count_weights) + 1, len(set(pool.groups.values())))
     weights = np.asarray(cfg.speaker_count_weights[: max_n - 1], dtype=np.float64)
     num_speakers = 2 + int(rng.choice(len(weights), p=weights / weights.sum()))
-    speakers = [names[i] for i in rng.choice(len(names), size=num_speakers, replace=False)]
+    speakers: list[str] = []
+    for i in rng.permutation(len(names)):  # distinct voices: never two perturbed copies of one voice
+        if len(speakers) < num_speakers and pool.groups[names[i]] not in {pool.groups[s] for s in speakers}:
+            speakers.append(names[i])
     target = _uniform(rng, cfg.duration)
     lead = max(_uniform(rng, cfg.lead_silence), cfg.edge)
 
@@ -238,7 +249,8 @@ def plan_conversation(rng: np.random.Generator, pool: Pool, cfg: MixConfig, load
             others = silent
         speaker = speakers[0] if previous is None else str(rng.choice(others))
         count = int(rng.integers(cfg.turn_utterances[0], cfg.turn_utterances[1] + 1))
-        paths = [pool[speaker][int(rng.integers(len(pool[speaker])))][0] for _ in range(count)]
+        own = pool.utterances[speaker]
+        paths = [own[int(rng.integers(len(own)))][0] for _ in range(count)]
         paths = [path for path in paths if speech_length(path) > 0]
         if not paths:
             continue
@@ -273,7 +285,8 @@ def plan_conversation(rng: np.random.Generator, pool: Pool, cfg: MixConfig, load
 def _interject(rng, pool, cfg, speakers, current, turn_start, turn_end, last_end, speech_length, place) -> None:
     """Drop one short utterance of another speaker fully inside [turn_start, turn_end] if one fits."""
     other = str(rng.choice([s for s in speakers if s != current]))
-    short = [path for path, duration in pool[other] if duration <= cfg.interjection_max + 2 * cfg.edge + 1.0]
+    slack = 3.0  # manifest durations include leading/trailing silence and end-of-utterance padding
+    short = [path for path, duration in pool.utterances[other] if duration <= cfg.interjection_max + slack]
     candidates = [short[i] for i in rng.permutation(len(short))[:5]]  # measure a few, not all
     candidates = [path for path in candidates if 0 < speech_length(path) <= cfg.interjection_max]
     if not candidates:
@@ -353,14 +366,14 @@ def overlap_fraction(segments: list[Segment]) -> float:
 
 
 def split_pools(rows: list[dict], cfg: MixConfig, seed: int) -> tuple[dict[str, Pool], list[str]]:
-    """{split: {speaker: [(audio path, duration)]}} and the held-out speaker ids.
+    """{split: Pool} and the held-out voices (values of `heldout_field`).
 
     Test: rows whose `heldout_field` is in test_speakers. Train/dev: the other rows; of each
     speaker's utterances, ordered by a hash of the file name (stable across runs and row order),
     the first ceil(dev_fraction * n) go to dev.
     """
     usable = [r for r in rows if cfg.min_utterance <= r["duration"] <= cfg.max_utterance
-              and not any(r.get(f) not in (None, 0, 0.0, "", False, "none") for f in cfg.exclude_if)]
+              and not any(r.get(f) not in (None, "", False, "none") for f in cfg.exclude_if)]
     for r in usable:
         if cfg.speaker_field not in r or cfg.heldout_field not in r:
             raise ValueError(f"{r.get('audio_filepath')}: mixing needs fields '{cfg.speaker_field}' and "
@@ -374,7 +387,7 @@ def split_pools(rows: list[dict], cfg: MixConfig, seed: int) -> tuple[dict[str, 
     if missing:
         raise ValueError(f"mix.test_speakers {missing} are not in the manifests (field '{cfg.heldout_field}'; "
                          f"found {len(groups)}: {groups[:12]}...)")
-    pools: dict[str, Pool] = {split: {} for split in SPLITS}
+    pools = {split: Pool({}, {}) for split in SPLITS}
     by_speaker: dict[str, list[dict]] = {}
     for r in usable:
         by_speaker.setdefault(str(r[cfg.speaker_field]), []).append(r)
@@ -383,7 +396,8 @@ def split_pools(rows: list[dict], cfg: MixConfig, seed: int) -> tuple[dict[str, 
         n_dev = math.ceil(cfg.dev_fraction * len(speaker_rows)) if len(speaker_rows) >= 2 else 0
         for i, r in enumerate(speaker_rows):
             split = "test" if str(r[cfg.heldout_field]) in heldout else "dev" if i < n_dev else "train"
-            pools[split].setdefault(speaker, []).append((r["audio_filepath"], float(r["duration"])))
+            pools[split].utterances.setdefault(speaker, []).append((r["audio_filepath"], float(r["duration"])))
+            pools[split].groups[speaker] = str(r[cfg.heldout_field])
     return pools, heldout
 
 
@@ -496,9 +510,12 @@ def run_mix(cfg: DiarDataConfig, log=print) -> dict[str, list[dict]]:
     counts = {"train": cfg.mix.num_train, "dev": cfg.mix.num_dev, "test": cfg.mix.num_test}
     out = {}
     for split in SPLITS:
-        log(f"{split}: {len(pools[split])} speakers, {sum(map(len, pools[split].values()))} utterances")
-        if counts[split] and len(pools[split]) < 2:
-            raise ValueError(f"split {split}: need utterances of at least 2 speakers to mix, got {sorted(pools[split])} "
+        pool = pools[split]
+        voices = sorted(set(pool.groups.values()))
+        log(f"{split}: {len(voices)} voices, {len(pool.utterances)} speakers, "
+            f"{sum(map(len, pool.utterances.values()))} utterances")
+        if counts[split] and len(voices) < 2:
+            raise ValueError(f"split {split}: need utterances of at least 2 voices to mix, got {voices} "
                              f"(held out: {heldout})")
         out[split] = mix_split(cfg, split, counts[split], pools[split], log)
         hours = sum(r["duration"] for r in out[split]) / 3600
