@@ -53,7 +53,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
-from minivox.data.textcorpus import NAMES, PLACES, TextCorpusConfig, WordNet, chatterbot_dir, read_chatterbot
+from minivox.data.textcorpus import CITIES, NAMES, TextCorpusConfig, WordNet, chatterbot_dir, read_chatterbot
 
 SPLITS = ("train", "dev", "test")
 ROLES = ("system", "user", "assistant", "tool")
@@ -686,7 +686,7 @@ def fam_memory(d: DialogueBuilder) -> None:
         d.reply(f"Nice to meet you, {name}!", f"Hi {name}, how can I help?")
         question, answers = "ask_name", [f"Your name is {name}.", f"You told me you're {name}."]
     else:
-        place = d.rng.choice(PLACES[:37])  # cities, not "the airport"
+        place = d.rng.choice(CITIES)
         d.user(d.phrase("i_live", p=place))
         d.reply(f"{place} sounds lovely!", f"Got it, you're in {place}.")
         question, answers = "ask_place", [f"You live in {place}.", f"You said you live in {place}."]
@@ -697,7 +697,7 @@ def fam_memory(d: DialogueBuilder) -> None:
 
 
 def _refusal(d: DialogueBuilder, kind: str) -> None:
-    d.user(d.phrase(kind, p=d.rng.choice(PLACES[:37]), n=d.rng.choice(NAMES), food=d.rng.choice(FOODS),
+    d.user(d.phrase(kind, p=d.rng.choice(CITIES), n=d.rng.choice(NAMES), food=d.rng.choice(FOODS),
                     genre=d.rng.choice(GENRES)))
     d.reply(f"Sorry, I can't {REFUSALS[kind]}. {CAN_DO}", f"I'm afraid I can't {REFUSALS[kind]} yet. {CAN_DO}")
 

@@ -333,11 +333,11 @@ NAMES = ["Anna", "Ben", "Carlos", "Diana", "Emma", "Farid", "Grace", "Hiro", "Is
          "Mateo", "Nina", "Omar", "Priya", "Quinn", "Rosa", "Sam", "Tara", "Uma", "Victor", "Wei", "Yusuf",
          "Zoe", "Liam", "Olivia", "Noah", "Ava", "Elena", "Marco", "Sofia", "David", "Maria", "James", "Aisha",
          "Lucas", "Mia", "Ethan", "Chloe", "Daniel", "Hannah", "Leo", "Sara", "Paul", "Julia", "Ivan", "Mei"]
-PLACES = ["Paris", "London", "Tokyo", "Berlin", "Madrid", "Rome", "Toronto", "Chicago", "Boston", "Seattle",
+CITIES = ["Paris", "London", "Tokyo", "Berlin", "Madrid", "Rome", "Toronto", "Chicago", "Boston", "Seattle",
           "Sydney", "Dublin", "Lisbon", "Vienna", "Prague", "Oslo", "Cairo", "Nairobi", "Lima", "Denver", "Austin",
           "Mexico City", "New York", "San Francisco", "Los Angeles", "Amsterdam", "Stockholm", "Helsinki",
-          "Mumbai", "Singapore", "Seoul", "Bangkok", "Istanbul", "Athens", "Warsaw", "Montreal", "Vancouver",
-          "the airport", "the office", "the station", "the library", "the beach", "the park", "downtown"]
+          "Mumbai", "Singapore", "Seoul", "Bangkok", "Istanbul", "Athens", "Warsaw", "Montreal", "Vancouver"]
+PLACES = CITIES + ["the airport", "the office", "the station", "the library", "the beach", "the park", "downtown"]
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December"]
