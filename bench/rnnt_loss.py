@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -50,10 +49,17 @@ BIG = 50_000_000  # logits above which fewer timed runs are made (case C: 207M)
 # Worker: one implementation on one input file, in its own process
 # ---------------------------------------------------------------------------
 
-def _rss_mb() -> float:
-    """Current resident set size in MiB (Linux)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _memory_mb(field: str) -> float:
+    """VmRSS (resident now) or VmHWM (peak resident since the last reset) in MiB (Linux)."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024  # kB
+
+
+def _reset_peak_memory() -> None:
+    """Restart VmHWM from the current RSS (Linux >= 4.0; getrusage's maxrss cannot be reset)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def _loss_fn(impl: str):
@@ -80,7 +86,8 @@ def worker(impl: str, input_path: str, repeats: int, threads: int) -> dict:
     data = torch.load(input_path)
     logits = data["logits"].requires_grad_()  # [B, T, U+1, V]
     args = (data["targets"], data["logit_lengths"], data["target_lengths"])
-    base_mb = _rss_mb()  # libraries and inputs loaded, nothing computed yet
+    _reset_peak_memory()
+    base_mb = _memory_mb("VmRSS")  # libraries and inputs loaded, nothing computed yet
 
     def step():
         logits.grad = None
@@ -90,7 +97,7 @@ def worker(impl: str, input_path: str, repeats: int, threads: int) -> dict:
 
     warmup = step()  # numba cache load / first-touch allocations
     times = [step() for _ in range(repeats)]
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_mb  # ru_maxrss is KiB
+    peak_mb = _memory_mb("VmHWM") - base_mb
     torch.save(logits.grad, f"{input_path}.{impl}.grad")  # the driver compares the gradients
     with torch.no_grad():
         costs = loss_fn(logits, *args, reduction="none")

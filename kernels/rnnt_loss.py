@@ -111,12 +111,23 @@ def _cost_and_grad(logits, targets, logit_lengths, target_lengths, blank, clamp,
     return torch.from_numpy(costs)
 
 
+def _empty_like(x: Tensor) -> Tensor:
+    """Uninitialised buffer like x. On the CPU it comes from numpy, which asks Linux for
+    transparent huge pages on large arrays (torch does not by default): writing a fresh
+    83 MB gradient then takes ~40 page faults instead of ~20,000."""
+    if x.device.type != "cpu":
+        return torch.empty_like(x)
+    import numpy as np
+
+    return torch.from_numpy(np.empty(x.shape, dtype=x.numpy().dtype))
+
+
 def _costs_and_grads(logits, targets, logit_lengths, target_lengths, blank, clamp, fused_log_softmax,
                      fastemit_lambda, grad_scale, with_grad):
     """Costs [B] float64 and (if with_grad) grad_scale * clamp(d cost_b / d logits) in logits' dtype."""
     x = logits.detach()
     x = (x.float() if x.dtype in _UPCAST else x).contiguous()  # [B, T, U+1, V], upcast once
-    grads = torch.empty_like(x) if with_grad else None
+    grads = _empty_like(x) if with_grad else None
     costs = _cost_and_grad(x, targets, logit_lengths, target_lengths, blank, clamp, fastemit_lambda,
                            fused_log_softmax, grad_scale, grads)
     return costs, None if grads is None else grads.to(logits.dtype)
