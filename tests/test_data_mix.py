@@ -207,7 +207,7 @@ def test_recipe_config_loads():
     from minivox.config import load_config
 
     cfg = load_config(mix.DiarDataConfig, "configs/data_diar.toml")
-    assert cfg.mix.num_train >= 2000 and cfg.num_workers >= 1
+    assert cfg.mix.num_train >= 2000 and cfg.num_workers >= 1 and len(cfg.mix.test_speakers) >= 4
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed (apt-get install espeak-ng)")
