@@ -288,3 +288,11 @@ def test_perturbed_copies_of_a_voice_never_share_a_conversation(tmp_path, corpus
             assert len(set(voices)) == len(voices), row["speakers"]
             used |= set(row["speakers"])
     assert any("~sp1.1" in s for s in used)
+
+
+def test_diarization_holds_out_the_asr_recipes_test_voices():
+    import tomllib
+
+    asr = tomllib.loads(open("configs/data_asr.toml", encoding="utf-8").read())
+    diar = tomllib.loads(open("configs/data_diar.toml", encoding="utf-8").read())
+    assert sorted(diar["mix"]["test_speakers"]) == sorted(asr["test_speakers"])
