@@ -291,7 +291,7 @@ def test_perturbed_copies_of_a_voice_never_share_a_conversation(tmp_path, corpus
 
 
 def test_diarization_holds_out_the_asr_recipes_test_voices():
-    import tomllib
+    from minivox.config import tomllib  # tomllib, or tomli on Python 3.10
 
     asr = tomllib.loads(open("configs/data_asr.toml", encoding="utf-8").read())
     diar = tomllib.loads(open("configs/data_diar.toml", encoding="utf-8").read())
