@@ -1,0 +1,197 @@
+"""Benchmark: the ASR encoder (training step, offline forward) and the streaming transcriber.
+
+Usage (from the repository root):
+
+    .venv/bin/python bench/asr.py                         # random-init models, ~1 minute
+    .venv/bin/python bench/asr.py --checkpoint minivox/pretrained/asr_demo.pt --audio speech.wav
+
+Prints two markdown tables.
+
+1. Encoder: for the three sizes DESIGN.md §9 measured with NeMo's own FastConformer encoder
+   (8x dw_striding causal subsampling, rel-pos attention, [70, 1] context), the median time of
+   one training step on 16 utterances x 5 s (forward, backward, AdamW step; dropout on) with
+   --train-threads threads, and of one offline forward of 5 s on one thread, beside NeMo's
+   figures from §9 (measured on this kind of 2-core machine; NeMo itself is not run here).
+2. Streaming: the demo preset (or --checkpoint) in a StreamingTranscriber fed 80 ms chunks on
+   one thread: real-time factor (compute / audio), compute per encoder chunk p50/p95, and the
+   algorithmic latency (how long a sample waits for the chunk that first reports it: uniform
+   over one chunk for chunked-limited attention, whatever the compute). A random-init model
+   has its blank bias set so that greedy search emits about one token per four frames (~3 per
+   second, as a trained model on speech); decoding cost depends on that rate.
+
+The machine is shared: the load average is printed with the tables; rerun on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH, SECONDS = 16, 5.0  # DESIGN §9's training batch: 16 utterances x 5 s
+# DESIGN §9: NeMo FastConformer encoder training step (16 x 5 s, 2 threads), seconds.
+NEMO_TRAIN_STEP = {(176, 8): 1.5, (176, 16): 1.7, (256, 8): 2.3}
+NEMO_OFFLINE_MS = "34-60"  # NeMo offline forward of 5 s on one thread (§9 gives the range)
+TOKEN_RATE = 0.25  # tokens per 80 ms frame a random-init model is tuned to (~3 tokens/s)
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_encoder(d_model: int, n_layers: int, train_threads: int, repeats: int) -> dict:
+    from minivox.conformer import ConformerConfig, ConformerEncoder
+
+    torch.manual_seed(0)
+    encoder = ConformerEncoder(ConformerConfig(d_model=d_model, n_layers=n_layers, att_context_size=(70, 1)))
+    frames = int(SECONDS * 100)
+    feats, lengths = torch.randn(BATCH, 80, frames), torch.full((BATCH,), frames)
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-4)
+
+    def train_step():
+        out, _ = encoder(feats, lengths)
+        out.square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    torch.set_num_threads(train_threads)
+    encoder.train()
+    step = median_time(train_step, repeats)
+    torch.set_num_threads(1)
+    encoder.eval()
+    one = torch.randn(1, 80, frames)
+    with torch.no_grad():
+        offline = median_time(lambda: encoder(one), max(repeats, 5))
+    return {"params": sum(p.numel() for p in encoder.parameters()), "step": step, "offline": offline}
+
+
+def random_words_tokenizer(vocab_size: int):
+    from minivox.asr import EOU
+    from minivox.text import Tokenizer
+
+    rng = np.random.default_rng(0)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    words = ["".join(rng.choice(letters, rng.integers(2, 8))) for _ in range(3000)]
+    lines = [" ".join(rng.choice(words, 8)) + EOU for _ in range(3000)]
+    return Tokenizer.train(lines, vocab_size=vocab_size)
+
+
+def demo_model(checkpoint: str | None):
+    """The model to stream: a checkpoint, or the demo preset at random init with a tuned blank bias."""
+    from minivox.asr import Transducer, load_model_config
+
+    if checkpoint:
+        return Transducer.from_checkpoint(checkpoint), "checkpoint"
+    cfg = load_model_config(ROOT / "configs" / "asr_demo.toml")
+    torch.manual_seed(0)
+    model = Transducer(cfg, random_words_tokenizer(cfg.tokenizer.vocab_size)).eval()
+    # Bisect the blank bias until greedy search emits TOKEN_RATE tokens per frame on synthetic audio.
+    from minivox.decoding import greedy_batch
+    torch.set_num_threads(1)
+    enc, lengths = model.encode_audio(synthetic_audio(10.0, seed=1))
+    bias = model.joint.joint_net[2].bias
+    low, high = -20.0, 20.0
+    with torch.no_grad():
+        base = float(bias[model.blank_id])
+        for _ in range(12):
+            bias[model.blank_id] = base + (low + high) / 2
+            tokens = len(greedy_batch(model.decoder, model.joint, enc, lengths).hyps[0].y_sequence)
+            low, high = ((low + high) / 2, high) if tokens > TOKEN_RATE * enc.shape[1] else (low, (low + high) / 2)
+    return model, "asr_demo preset, random init"
+
+
+def synthetic_audio(seconds: float, seed: int = 0) -> np.ndarray:
+    """Noise in 0.3-2 s bursts with pauses: speech-like on/off structure, no content."""
+    rng = np.random.default_rng(seed)
+    audio = np.zeros(int(seconds * 16000), np.float32)
+    at = 0
+    while at < audio.size:
+        burst, pause = int(rng.uniform(0.3, 2.0) * 16000), int(rng.uniform(0.1, 0.8) * 16000)
+        audio[at:at + burst] = rng.standard_normal(min(burst, audio.size - at)) * 0.1
+        at += burst + pause
+    return audio
+
+
+def bench_streaming(model, audio: np.ndarray, chunk_ms: int = 80) -> dict:
+    from minivox.asr import StreamingTranscriber
+
+    torch.set_num_threads(1)
+    transcriber = StreamingTranscriber(model)
+    step = int(16000 * chunk_ms / 1000)
+    for i in range(0, 16000, step):  # warm-up second, then a fresh stream
+        transcriber.step(audio[i:i + step])
+    transcriber.reset()
+    chunk_compute, total, text = [], 0.0, []
+    for i in range(0, audio.size, step):
+        start = time.perf_counter()
+        results = transcriber.step(audio[i:i + step])
+        total += time.perf_counter() - start
+        chunk_compute += [r.processing_time for r in results if r.processing_time > 0]
+        text += [r.text for r in results]
+    start = time.perf_counter()
+    transcriber.flush()
+    total += time.perf_counter() - start
+    chunk_s = transcriber.chunk_frames * model.cfg.frame_seconds
+    ms = np.array(chunk_compute) * 1e3
+    return {"rtf": total / (audio.size / 16000), "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
+            "chunk_ms": chunk_s * 1e3, "chars": len("".join(text))}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-threads", type=int, default=2, help="threads for the training step (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
+    parser.add_argument("--checkpoint", help="stream this ASR checkpoint instead of a random-init demo model")
+    parser.add_argument("--audio", help="a WAV file to stream (default: 30 s of synthetic bursts)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="length of the synthetic stream")
+    parser.add_argument("--skip-encoder", action="store_true", help="only the streaming table")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average before: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+
+    if not args.skip_encoder:
+        print(f"| encoder d_model/layers | params | train step {BATCH} x {SECONDS:g} s, {args.train_threads} threads "
+              f"| NeMo (DESIGN §9) | speed-up | offline forward {SECONDS:g} s, 1 thread | NeMo |")
+        print("|---|---|---|---|---|---|---|")
+        for (d, n), nemo in NEMO_TRAIN_STEP.items():
+            r = bench_encoder(d, n, args.train_threads, args.repeats)
+            print(f"| {d} / {n} | {r['params'] / 1e6:.1f}M | {r['step']:.2f} s "
+                  f"({BATCH * SECONDS / r['step']:.0f} s audio/s) | {nemo:.1f} s | {nemo / r['step']:.1f}x "
+                  f"| {r['offline'] * 1e3:.1f} ms | {NEMO_OFFLINE_MS} ms |", flush=True)
+        print()
+
+    model, label = demo_model(args.checkpoint)
+    if args.audio:
+        from minivox.audio import read_wav, resample
+        audio, rate = read_wav(args.audio, mono=True)
+        audio = np.asarray(resample(audio, rate, 16000) if rate != 16000 else audio, dtype=np.float32)
+    else:
+        audio = synthetic_audio(args.seconds)
+    r = bench_streaming(model, audio)
+    params = sum(p.numel() for p in model.parameters())
+    print("| streaming model | params | chunk | RTF, 1 thread | compute per chunk p50 / p95 "
+          "| algorithmic latency mean / max |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {label} | {params / 1e6:.1f}M | {r['chunk_ms']:.0f} ms | {r['rtf']:.3f} | {r['p50']:.1f} / {r['p95']:.1f} ms "
+          f"| {r['chunk_ms'] / 2:.0f} / {r['chunk_ms']:.0f} ms |")
+    print(f"\n{audio.size / 16000:.1f} s streamed in 80 ms chunks; {r['chars']} characters of text; "
+          f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
