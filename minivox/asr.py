@@ -36,7 +36,7 @@ from torch import nn
 from minivox.audio import ASR_FEATURES, FeatureConfig, LogMel, StreamingFeatureBufferer
 from minivox.checkpoint import load_checkpoint, load_state_dict, save_checkpoint
 from minivox.config import from_dict, parse_override
-from minivox.conformer import ConformerConfig, ConformerEncoder, EncoderState
+from minivox.conformer import ConformerConfig, ConformerEncoder, EncoderState, subsampled_length
 from minivox.decoding import (GreedyState, Hypothesis, greedy_batch, initial_greedy_state, modified_beam_search,
                               words_from_tokens)
 from minivox.text import Tokenizer
@@ -50,7 +50,12 @@ EOU = "<EOU>"  # end of utterance: appended to every training transcript; ends a
 EOB = "<EOB>"  # end of backchannel ("uh huh", "yeah"): a short acknowledgement that ends no turn
 MAX_SYMBOLS_PER_STEP = 10  # tokens greedy search may emit at one 80 ms frame (NeMo's default)
 SILENCE_RESET_S = 1.0  # an utterance with no new token for this long is over (after the 0.8 s VAD fallback)
-PCM_ABS_LIMIT = 16.0  # float PCM beyond this is surely unscaled integer samples, not [-1, 1] audio
+PCM_ABS_LIMIT = 16.0
+# Recordings longer than this many encoder frames (2 minutes) are encoded chunk by chunk with
+# the streaming caches (the same frames): offline attention would build [T, T] score matrices
+# per head (0.9 GB for 10 minutes at 4 heads), the streaming path only [T_block, left + T_block].
+LONG_FORM_FRAMES = 1500
+LONG_FORM_BLOCK = 250  # encoder frames per streaming call for long recordings (20 s)  # float PCM beyond this is surely unscaled integer samples, not [-1, 1] audio
 
 
 # ---------------------------------------------------------------------------------------
@@ -300,11 +305,35 @@ class Transducer(nn.Module):
 
     @torch.no_grad()
     def encode_audio(self, audio, sample_rate: int = 16000) -> tuple[torch.Tensor, torch.Tensor]:
-        """PCM (one 1-D float32 array or a list of them) -> (encoded [B, T, D], lengths [B])."""
+        """PCM (one 1-D float32 array or a list of them) -> (encoded [B, T, D], lengths [B]).
+
+        Long recordings (> LONG_FORM_FRAMES) are encoded one at a time in streaming blocks,
+        which gives the same frames in bounded memory."""
         pcm, lengths = _pcm_batch(audio, sample_rate, self.cfg.features.sample_rate)
         device = next(self.parameters()).device
         feats, feat_lengths = self.preprocessor(pcm.to(device), lengths.to(device))
-        return self.encoder(feats, feat_lengths)
+        enc_lengths = subsampled_length(feat_lengths, self.cfg.encoder.subsampling_factor)
+        streamable = self.cfg.encoder.chunk_size > 0 and self.cfg.encoder.att_context_size[0] >= 0
+        if not streamable or not len(feats) or int(enc_lengths.max()) <= LONG_FORM_FRAMES:
+            return self.encoder(feats, feat_lengths)
+        enc = feats.new_zeros(len(feats), int(enc_lengths.max()), self.cfg.encoder.d_model)
+        for b, n in enumerate(feat_lengths.tolist()):
+            enc[b, :enc_lengths[b]] = self._encode_in_blocks(feats[b:b + 1, :, :n])[0]
+        return enc, enc_lengths
+
+    def _encode_in_blocks(self, feats: torch.Tensor) -> torch.Tensor:
+        """One recording [1, M, T_feat] through `stream_step`, LONG_FORM_BLOCK frames per call."""
+        encoder = self.encoder
+        block = LONG_FORM_BLOCK - LONG_FORM_BLOCK % encoder.cfg.chunk_size  # whole attention chunks
+        state, outputs, fed = encoder.initial_state(1, feats.device, feats.dtype), [], 0
+        while True:
+            target = encoder.feature_frames_for(state.frames_out + block)
+            last = target >= feats.shape[2]
+            out, state = encoder.stream_step(feats[:, :, fed:target], state, last=last)
+            outputs.append(out)
+            fed = target
+            if last:
+                return torch.cat(outputs, dim=1)  # [1, T, D]
 
     def _finish(self, hyp: Hypothesis) -> Hypothesis:
         """Fill in `text` and `words` from the tokenizer (special symbols left out of both)."""
@@ -319,7 +348,7 @@ class Transducer(nn.Module):
     @torch.no_grad()
     def transcribe(self, audio, sample_rate: int = 16000, beam_size: int = 1,
                    max_symbols_per_step: int = MAX_SYMBOLS_PER_STEP,
-                   silence_reset_s: float | None = SILENCE_RESET_S) -> list[Hypothesis]:
+                   silence_reset_s: float | None = SILENCE_RESET_S, batch_size: int = 8) -> list[Hypothesis]:
         """Offline transcription of whole recordings.
 
         Args:
@@ -327,24 +356,28 @@ class Transducer(nn.Module):
             beam_size: 1 = greedy search (with the streaming transcriber's `<EOU>` and silence
                 restarts, so it gives the same text); > 1 = modified beam search.
             silence_reset_s: greedy only; see `StreamingTranscriber`.
+            batch_size: recordings encoded together.
         Returns:
             One hypothesis per recording, with `text`, token `timestamps` (encoder frames,
             `cfg.frame_seconds` each) and `words`. `<EOU>` / `<EOB>` stay in `y_sequence`.
         """
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer attached (Transducer(cfg, tokenizer) or from_checkpoint)")
+        if isinstance(audio, (np.ndarray, torch.Tensor)) and audio.ndim == 1:
+            audio = [audio]
         was_training = self.training
         self.eval()
+        hyps = []
         try:
-            enc, enc_lengths = self.encode_audio(audio, sample_rate)
-            if beam_size == 1:
-                state = greedy_batch(self.decoder, self.joint, enc, enc_lengths, max_symbols_per_step,
-                                     reset_ids=self._reset_ids(),
-                                     reset_after_blank_frames=self._silence_frames(silence_reset_s))
-                hyps = state.hyps
-            else:
-                hyps = [modified_beam_search(self.decoder, self.joint, enc[b, :enc_lengths[b]], beam_size)[0]
-                        for b in range(enc.shape[0])]
+            for first in range(0, len(audio), batch_size):
+                enc, enc_lengths = self.encode_audio(audio[first:first + batch_size], sample_rate)
+                if beam_size == 1:
+                    hyps += greedy_batch(self.decoder, self.joint, enc, enc_lengths, max_symbols_per_step,
+                                         reset_ids=self._reset_ids(),
+                                         reset_after_blank_frames=self._silence_frames(silence_reset_s)).hyps
+                else:
+                    hyps += [modified_beam_search(self.decoder, self.joint, enc[b, :enc_lengths[b]], beam_size)[0]
+                             for b in range(enc.shape[0])]
         finally:
             self.train(was_training)
         return [self._finish(h) for h in hyps]

@@ -492,3 +492,47 @@ def test_tiny_preset_training_step_is_fast(tokenizer):
         F.cross_entropy(logits.flatten(0, 2), torch.zeros(logits.shape[:3], dtype=torch.long).flatten()).backward()
         times.append(time.perf_counter() - start)
     assert min(times) < 0.25, times
+
+
+def test_long_recordings_are_encoded_in_streaming_blocks(tokenizer, monkeypatch):
+    """Above LONG_FORM_FRAMES, encode_audio streams each recording in blocks: same frames."""
+    import minivox.asr as asr
+    model = tiny_model(tokenizer)
+    clips = [noise(3.0, 1), noise(1.9, 2)]
+    offline, offline_lengths = model.encode_audio(clips)
+    monkeypatch.setattr(asr, "LONG_FORM_FRAMES", 10)
+    monkeypatch.setattr(asr, "LONG_FORM_BLOCK", 6)
+    blocks, block_lengths = model.encode_audio(clips)
+    assert torch.equal(block_lengths, offline_lengths)
+    torch.testing.assert_close(blocks, offline, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_tiny_model_overfits_a_few_utterances():
+    """Training end to end (logits layout, blank last, minivox.kernels.rnnt_loss) and greedy
+    decoding agree: three random-feature 'utterances' are learnt to exact transcripts."""
+    from minivox.kernels import rnnt_loss
+
+    no_dropout = [f"{k}=0.0" for k in ("encoder.dropout", "encoder.dropout_att", "encoder.dropout_pre_encoder",
+                                       "decoder.dropout", "joint.dropout")]
+    cfg = load_model_config(CONFIGS / "asr_tiny.toml", ["tokenizer.vocab_size=12"] + no_dropout)
+    torch.manual_seed(0)
+    model = Transducer(cfg)
+    feats, feat_lengths = torch.randn(3, 80, 120), torch.tensor([120, 100, 80])
+    targets, target_lengths = torch.tensor([[3, 5, 7, 2], [4, 4, 9, 0], [8, 1, 0, 0]]), torch.tensor([4, 3, 2])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(1, 801):
+        logits, enc_lengths = model(feats, feat_lengths, targets, target_lengths)
+        loss = rnnt_loss(logits, targets, enc_lengths, target_lengths)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 50 == 0:
+            with torch.no_grad():
+                enc, enc_lengths = model.eval().encoder(feats, feat_lengths)
+                hyps = greedy_batch(model.decoder, model.joint, enc, enc_lengths).hyps
+            model.train()
+            if [h.y_sequence for h in hyps] == [t[:n].tolist() for t, n in zip(targets, target_lengths)]:
+                break
+    assert [h.y_sequence for h in hyps] == [t[:n].tolist() for t, n in zip(targets, target_lengths)], step
+    assert float(loss) < 0.1
