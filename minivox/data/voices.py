@@ -38,11 +38,13 @@ the voice's own rate; resampling is the caller's business.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import select
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -311,7 +313,7 @@ class FestivalSession:
         cmd = ["festival", "--pipe"]
         if _which("stdbuf"):
             cmd = ["stdbuf", "-oL", *cmd]
-        return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def synthesize(self, voice_id: str, text: str, out: Path) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_]+", voice_id):
@@ -323,7 +325,7 @@ class FestivalSession:
         request = (f'(voice_{voice_id})\n(utt.save.wave (utt.synth (Utterance Text "{quoted}")) "{path}" \'riff)\n'
                    f'(print "{self.MARKER}")\n')
         try:
-            self.proc.stdin.write(request)
+            self.proc.stdin.write(request.encode())
             self.proc.stdin.flush()
             self._wait_for_marker()
         except (OSError, RuntimeError, TimeoutError):
@@ -331,18 +333,19 @@ class FestivalSession:
             raise
 
     def _wait_for_marker(self) -> None:
-        lines = []
-        stream = self.proc.stdout
-        while True:
-            ready, _, _ = select.select([stream], [], [], ENGINE_TIMEOUT_S)
-            if not ready:
+        """Read festival's output until the marker. Raw reads on the pipe's descriptor: a buffered
+        reader could hold the marker in its buffer while select() waits on an empty pipe."""
+        fd = self.proc.stdout.fileno()
+        seen = b""
+        deadline = time.monotonic() + ENGINE_TIMEOUT_S
+        while self.MARKER.encode() not in seen:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
                 raise TimeoutError(f"festival gave no answer in {ENGINE_TIMEOUT_S} s")
-            line = stream.readline()
-            if not line:
-                raise RuntimeError("festival exited: " + "".join(lines)[-300:])
-            if self.MARKER in line:
-                return
-            lines.append(line)
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise RuntimeError("festival exited: " + seen.decode(errors="replace")[-300:])
+            seen = seen[-4096:] + chunk
 
     def close(self) -> None:
         if self.proc is not None:
