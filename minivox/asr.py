@@ -13,7 +13,7 @@ RNNTJoint (`decoder.embed`, `joint.enc`, `joint.pred`, `joint.joint_net.2`).
 `StreamingTranscriber` runs the model on a live stream: PCM chunks of any size ->
 `StreamingFeatureBufferer` -> cache-aware encoder steps of one attention chunk (160 ms for
 context [70, 1]) -> greedy decoding with a carried state -> `ASRResult` text deltas, with
-`is_final` when `<EOU>` is emitted. Its results do not depend on how the audio was chunked,
+`is_final` when `<EOU>` (or `<EOB>`) is emitted. Its results do not depend on how the audio was chunked,
 and equal offline `Transducer.transcribe` (tests check both).
 
 Shape letters: B batch, S samples, T encoder frames, U target tokens, V vocabulary (without
@@ -353,8 +353,9 @@ class Transducer(nn.Module):
 
         Args:
             audio: one mono float32 array [S] or a list of them, at `sample_rate` (16 kHz).
-            beam_size: 1 = greedy search (with the streaming transcriber's `<EOU>` and silence
-                restarts, so it gives the same text); > 1 = modified beam search.
+            beam_size: 1 = greedy search (with the streaming transcriber's restarts after
+                `<EOU>` / `<EOB>` and silences, so it gives the same text); > 1 = modified beam
+                search (no restarts).
             silence_reset_s: greedy only; see `StreamingTranscriber`.
             batch_size: recordings encoded together.
         Returns:
@@ -383,8 +384,9 @@ class Transducer(nn.Module):
         return [self._finish(h) for h in hyps]
 
     def _reset_ids(self) -> list[int]:
-        eou = self.special_ids().get(EOU)
-        return [] if eou is None else [eou]
+        """Tokens that end an utterance: the prediction net restarts after them, as every
+        training transcript starts from the start symbol."""
+        return sorted(self.special_ids().values())
 
     def _silence_frames(self, seconds: float | None) -> int | None:
         return None if seconds is None else max(1, round(seconds / self.cfg.frame_seconds))
@@ -418,7 +420,8 @@ class ASRResult:
     """One streaming result (DESIGN §3): the text added since the previous result."""
 
     text: str  # the delta: new text of the current utterance since the last result
-    is_final: bool  # the utterance ended here (<EOU> emitted, silence timeout, or end of stream)
+    is_final: bool  # the utterance ended here: <EOU> (eou_latency set), <EOB> (a backchannel such as
+    #   "uh huh" ended: eob_latency set, not a turn end), a silence timeout or the end of the stream
     eou_prob: float  # largest softmax probability of <EOU> over this result's frames
     eob_prob: float  # the same for <EOB>
     eou_latency: float | None = None  # s from the end of the utterance's last word to this result, if <EOU> ended it
@@ -453,8 +456,8 @@ class StreamingTranscriber:
 
     One result per encoder chunk (`chunk_frames` frames: 160 ms for context [70, 1]); a chunk
     where an utterance ends gives a final result for it and, if frames remain, a result for
-    the next utterance. An utterance ends when `<EOU>` is emitted, after `silence_reset_s`
-    seconds without a token, and at `flush`; then the prediction net restarts, so a stale
+    the next utterance. An utterance ends when `<EOU>` or `<EOB>` is emitted, after
+    `silence_reset_s` seconds without a token, and at `flush`; then the prediction net restarts, so a stale
     partial never continues into the next utterance. The results (all but processing_time)
     do not depend on how the audio is chunked.
     """
@@ -556,7 +559,7 @@ class StreamingTranscriber:
             first_frame = st.decoder.frame_offset
             st.decoder = greedy_batch(
                 self.model.decoder, self.model.joint, enc, torch.tensor([enc.shape[1]]), self.max_symbols_per_step,
-                state=st.decoder, reset_ids=[self.eou_id] if self.eou_id is not None else [],
+                state=st.decoder, reset_ids=self.model._reset_ids(),
                 reset_after_blank_frames=self.silence_frames, track_ids=self.track_ids)
             chunk_results = self._results(first_frame)
             if chunk_results:

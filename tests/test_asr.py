@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minivox.asr import EOU, SILENCE_RESET_S, StreamingTranscriber, Transducer, load_model_config
+from minivox.asr import EOB, EOU, SILENCE_RESET_S, StreamingTranscriber, Transducer, load_model_config
 from minivox.conformer import (ConformerConfig, ConformerEncoder, RelPositionMultiHeadAttention,
                                causal_depthwise_conv, chunked_limited_mask, rel_shift, rel_shift_reference,
                                relative_positional_encoding, subsampled_length)
@@ -243,11 +243,12 @@ def tokenizer():
     return Tokenizer.train([t + EOU for t in TRANSCRIPTS * 10], vocab_size=40)
 
 
-def tiny_model(tokenizer, seed=0, blank_frac=None, eou_frac=None) -> Transducer:
+def tiny_model(tokenizer, seed=0, blank_frac=None, eou_frac=None, eob_frac=None) -> Transducer:
     """A random tiny model (asr_tiny preset). A random model emits almost always or almost never;
-    blank_frac / eou_frac shift the output biases so that, at the start symbol, blank wins on
-    that fraction of the frames of a calibration clip and <EOU> beats the other tokens on
-    eou_frac of them: the model then writes varied text and ends utterances now and then."""
+    blank_frac / eou_frac / eob_frac shift the output biases so that, at the start symbol, blank
+    wins on that fraction of the frames of a calibration clip and <EOU> (<EOB>) beats the other
+    tokens on eou_frac (eob_frac) of them: the model then writes varied text and ends
+    utterances now and then."""
     cfg = load_model_config(CONFIGS / "asr_tiny.toml", [f"tokenizer.vocab_size={tokenizer.vocab_size}"])
     torch.manual_seed(seed)
     model = Transducer(cfg, tokenizer).eval()
@@ -262,10 +263,11 @@ def tiny_model(tokenizer, seed=0, blank_frac=None, eou_frac=None) -> Transducer:
         tokens = logits[:, :model.blank_id]
         bias = model.joint.joint_net[2].bias
         bias[model.blank_id] -= torch.quantile(logits[:, model.blank_id] - tokens.max(-1).values, 1 - blank_frac)
-        if eou_frac is not None:
-            eou = tokenizer.piece_to_id(EOU)
-            others = torch.cat([tokens[:, :eou], tokens[:, eou + 1:]], dim=1).max(-1).values
-            bias[eou] -= torch.quantile(tokens[:, eou] - others, 1 - eou_frac)
+        for symbol, frac in ((EOU, eou_frac), (EOB, eob_frac)):
+            if frac is not None:
+                k = tokenizer.piece_to_id(symbol)
+                others = torch.cat([tokens[:, :k], tokens[:, k + 1:]], dim=1).max(-1).values
+                bias[k] -= torch.quantile(tokens[:, k] - others, 1 - frac)
     return model
 
 
@@ -314,11 +316,11 @@ def test_transcribe_batch_equals_each_alone(tokenizer):
 
 @pytest.fixture(scope="module")
 def eou_model(tokenizer):
-    """A random model that emits text and, now and then, <EOU> (checked: the tests below need both)."""
-    model = tiny_model(tokenizer, seed=1, blank_frac=0.7, eou_frac=0.1)
+    """A random model that emits text and, now and then, <EOU> and <EOB> (checked: the tests below need them)."""
+    model = tiny_model(tokenizer, seed=1, blank_frac=0.7, eou_frac=0.1, eob_frac=0.05)
     hyp = model.transcribe(noise(6.0))[0]
-    eou = tokenizer.piece_to_id(EOU)
-    assert hyp.y_sequence.count(eou) >= 2 and len(hyp.text) > 5, (hyp.y_sequence, hyp.text)
+    eou, eob = tokenizer.piece_to_id(EOU), tokenizer.piece_to_id(EOB)
+    assert hyp.y_sequence.count(eou) >= 2 and hyp.y_sequence.count(eob) >= 1 and len(hyp.text) > 5, hyp.y_sequence
     return model
 
 
@@ -348,27 +350,35 @@ def utterances(results):
 
 
 def offline_utterances(model, audio, silence_reset_s):
-    """Offline greedy decoding (as `transcribe`), cut where the prediction net restarted."""
+    """Offline greedy decoding (as `transcribe`), cut where the prediction net restarted.
+
+    Returns (utterance texts, all tokens, token counts at the restarts)."""
     enc, lengths = model.encode_audio(audio)
-    state = greedy_batch(model.decoder, model.joint, enc, lengths, reset_ids=[model.special_ids()[EOU]],
+    state = greedy_batch(model.decoder, model.joint, enc, lengths, reset_ids=list(model.special_ids().values()),
                          reset_after_blank_frames=model._silence_frames(silence_reset_s))
     tokens = state.hyps[0].y_sequence
     assert tokens == model.transcribe(audio, silence_reset_s=silence_reset_s)[0].y_sequence
     cuts = [0] + [n for n, _ in state.restarts[0]] + [len(tokens)]
     special = set(model.special_ids().values())
     texts = [model.tokenizer.decode([t for t in tokens[a:b] if t not in special]) for a, b in zip(cuts, cuts[1:])]
-    return texts[:-1] + ([texts[-1]] if texts[-1] else []), tokens
+    return texts[:-1] + ([texts[-1]] if texts[-1] else []), tokens, cuts[1:-1]
 
 
 def test_streaming_transcriber_equals_offline_transcribe(eou_model, tokenizer):
     audio = noise(6.0)
-    expected, tokens = offline_utterances(eou_model, audio, SILENCE_RESET_S)
+    expected, tokens, cuts = offline_utterances(eou_model, audio, SILENCE_RESET_S)
     results = collect(StreamingTranscriber(eou_model), audio, [1280])
     assert utterances(results) == expected
+    # One final per restart of the search (<EOU>, <EOB>, silence), and one at the stream's end
+    # if an utterance is open. <EOB> ends utterances too (this random model emits it only at
+    # the start symbol, so no word precedes it and its latency stays None).
+    eou, eob = tokenizer.piece_to_id(EOU), tokenizer.piece_to_id(EOB)
+    assert tokens.count(eob) >= 1
+    open_at_end = len(tokens) > (cuts[-1] if cuts else 0)
+    assert sum(r.is_final for r in results) == len(cuts) + open_at_end
     # eou_prob is the largest <EOU> probability over a result's frames: at least that of any
     # <EOU> the offline search emitted, and 0 < p < 1 where an <EOU> ended the utterance.
     offline = eou_model.transcribe(audio)[0]
-    eou = tokenizer.piece_to_id(EOU)
     emitted = [c for y, c in zip(offline.y_sequence, offline.token_confidence) if y == eou]
     assert max(r.eou_prob for r in results) == pytest.approx(max(emitted), abs=1e-5)
     # <EOU> finals carry a latency when their utterance has a word (random models also emit bare <EOU>s).
@@ -411,7 +421,7 @@ def test_streaming_silence_ends_the_utterance(tokenizer):
     results = collect(StreamingTranscriber(model, silence_reset_s=0.5), audio, [1280])
     finals = [r for r in results if r.is_final]
     assert len(finals) >= 2 and all(r.eou_latency is None for r in finals)  # silence and end of stream
-    expected, _ = offline_utterances(model, audio, 0.5)
+    expected, _, _ = offline_utterances(model, audio, 0.5)
     assert utterances(results) == expected and len(expected) >= 2
 
 
