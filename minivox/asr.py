@@ -555,10 +555,12 @@ class StreamingTranscriber:
                 need = st.pending.shape[1]  # the stream's last, partial chunk
             started = time.perf_counter()
             feats, st.pending = st.pending[:, :need], st.pending[:, need:]
-            enc, st.encoder = encoder.stream_step(feats[None], st.encoder, last=last and st.pending.shape[1] == 0)
+            enc, st.encoder = encoder.stream_step(feats[None].to(st.encoder.cache_pre_encode.device), st.encoder,
+                                                  last=last and st.pending.shape[1] == 0)  # [1, T, D]
             first_frame = st.decoder.frame_offset
             st.decoder = greedy_batch(
-                self.model.decoder, self.model.joint, enc, torch.tensor([enc.shape[1]]), self.max_symbols_per_step,
+                self.model.decoder, self.model.joint, enc, torch.tensor([enc.shape[1]], device=enc.device),
+                self.max_symbols_per_step,
                 state=st.decoder, reset_ids=self.model._reset_ids(),
                 reset_after_blank_frames=self.silence_frames, track_ids=self.track_ids)
             chunk_results = self._results(first_frame)

@@ -125,14 +125,15 @@ def greedy_batch(
         enc: [B, T, D] encoder frames (a whole utterance, or the next chunk of a stream).
         enc_lengths: [B] valid frames of this call per row.
         max_symbols_per_step: tokens allowed per frame (then the search moves on, as NeMo).
-        state: from a previous call on the frames before (None: start).
+        state: from a previous call on the frames before (None: start); updated in place.
         reset_ids: tokens after which the prediction net restarts from the start symbol
             instead of reading the token (`<EOU>`: the next utterance starts fresh).
         reset_after_blank_frames: also restart a row once this many frames passed without a
             token after its last one (a silence; None: never). Restarts are listed in `state.restarts`.
         track_ids: tokens whose softmax probability is recorded in `state.token_probs`.
     Returns:
-        The state after these frames; `state.hyps[b]` is row b's hypothesis so far.
+        The state after these frames (the same object when one was passed); `state.hyps[b]`
+        is row b's hypothesis so far.
     """
     if enc.ndim != 3 or enc_lengths.shape != (enc.shape[0],):
         raise ValueError(f"greedy_batch expects enc [B, T, D] and enc_lengths [B], got "
