@@ -296,3 +296,14 @@ def test_diarization_holds_out_the_asr_recipes_test_voices():
     asr = tomllib.loads(open("configs/data_asr.toml", encoding="utf-8").read())
     diar = tomllib.loads(open("configs/data_diar.toml", encoding="utf-8").read())
     assert sorted(diar["mix"]["test_speakers"]) == sorted(asr["test_speakers"])
+
+
+def test_resuming_with_another_config_or_corpus_is_refused(tmp_path, corpus):
+    mix.run_mix(config(tmp_path, corpus, num_train=1, num_dev=0, num_test=0), log=lambda m: None)
+    mix.run_mix(config(tmp_path, corpus, num_train=2, num_dev=0, num_test=0), log=lambda m: None)  # counts may grow
+    with pytest.raises(ValueError, match="another config or other source utterances"):
+        mix.run_mix(config(tmp_path, corpus, num_train=2, num_dev=0, num_test=0, pause_mean=0.9), log=lambda m: None)
+    rows = read_manifest(corpus)[:-1]  # one source utterance fewer
+    write_manifest(tmp_path / "fewer.jsonl", rows)
+    with pytest.raises(ValueError, match="another config or other source utterances"):
+        mix.run_mix(config(tmp_path, tmp_path / "fewer.jsonl", num_train=2, num_dev=0, num_test=0), log=lambda m: None)

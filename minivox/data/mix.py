@@ -8,7 +8,9 @@ writes, for split in train/dev/test, `{out_dir}/{split}/{split}_NNNNNN.wav` (mon
     {"audio_filepath": "train/train_000017.wav", "rttm_filepath": "train/train_000017.rttm",
      "duration": 31.52, "offset": 0.0, "num_speakers": 3, "speakers": [...], "overlap": 0.061}
 
-(`overlap`: the fraction of speech time where two or more speakers talk). Speakers listed in
+(`overlap`: the fraction of speech time where two or more speakers talk), and `mix_config.json` (the
+config and a fingerprint of the sources: a rerun into the same out_dir with another config or
+corpus is refused instead of mixing old and new conversations). Speakers listed in
 `test_speakers` (matched on the row field `heldout_field`) appear only in test conversations; train and
 dev draw from the other speakers, with disjoint utterances.
 
@@ -36,7 +38,9 @@ stopped, skipping conversations whose files and progress line exist):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
+import json
 import math
 import os
 import sys
@@ -500,12 +504,38 @@ def mix_split(cfg: DiarDataConfig, split: str, count: int, pool: Pool, log=print
     return rows
 
 
+RUN_RECORD = "mix_config.json"  # in out_dir: the config and a fingerprint of the sources a corpus was made with
+
+
+def check_fingerprint(out_dir: Path, cfg: DiarDataConfig, pools: dict[str, Pool]) -> None:
+    """Refuse to resume into an out_dir made with another config or other source utterances.
+
+    The fingerprint covers the seed, every [mix] field except the conversation counts (raising
+    num_train extends a corpus) and the split pools; the first run writes it to RUN_RECORD.
+    """
+    settings = {k: v for k, v in dataclasses.asdict(cfg.mix).items() if not k.startswith("num_") and k != "manifests"}
+    sources = {split: {s: sorted(u) for s, u in pool.utterances.items()} for split, pool in pools.items()}
+    blob = json.dumps({"seed": cfg.seed, "mix": settings, "sources": sources}, sort_keys=True).encode()
+    fingerprint = hashlib.sha1(blob).hexdigest()
+    record = out_dir / RUN_RECORD
+    if record.is_file():
+        made_with = json.loads(record.read_text(encoding="utf-8"))["fingerprint"]
+        if made_with != fingerprint:
+            raise ValueError(f"{out_dir} holds conversations made with another config or other source utterances "
+                             f"({record}: fingerprint {made_with}, now {fingerprint}); use a new out_dir or delete it")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"fingerprint": fingerprint, "seed": cfg.seed, "mix": dataclasses.asdict(cfg.mix)},
+                                 indent=1), encoding="utf-8")
+
+
 def run_mix(cfg: DiarDataConfig, log=print) -> dict[str, list[dict]]:
     """All three splits; returns {split: manifest rows}."""
     from minivox.data.manifest import read_manifest
 
     rows = [row for path in cfg.mix.manifests for row in read_manifest(path)]
     pools, heldout = split_pools(rows, cfg.mix, cfg.seed)
+    check_fingerprint(Path(cfg.out_dir), cfg, pools)
     log(f"held-out (test-only) speakers: {', '.join(heldout)}")
     counts = {"train": cfg.mix.num_train, "dev": cfg.mix.num_dev, "test": cfg.mix.num_test}
     out = {}
