@@ -550,6 +550,8 @@ class ConformerEncoder(nn.Module):
         self._check_features(feats)
         if lengths is None:
             lengths = torch.full((feats.shape[0],), feats.shape[2], dtype=torch.long, device=feats.device)
+        if feats.shape[2] == 0:  # empty input: no frames (the convolutions need at least one)
+            return feats.new_zeros(feats.shape[0], 0, self.cfg.d_model), torch.zeros_like(lengths)
         x, enc_lengths = self.pre_encode(feats, lengths)  # [B, T', D]
         x = x.masked_fill(~valid_mask(enc_lengths, x.shape[1])[:, :, None], 0.0)  # padding stays finite
         x = self.dropout_pre_encoder(x * self.xscale)

@@ -312,6 +312,8 @@ def test_transcribe_batch_equals_each_alone(tokenizer):
     assert any(h.text for h in batch)
     word = next(w for h in batch for w in h.words)
     assert 0 <= word.start < word.end
+    empty = model.transcribe([np.zeros(0, np.float32), np.zeros(100, np.float32)])
+    assert [h.y_sequence for h in empty] == [[], model.transcribe(np.zeros(100, np.float32))[0].y_sequence]
 
 
 @pytest.fixture(scope="module")
