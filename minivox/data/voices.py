@@ -175,6 +175,12 @@ def _espeak_voice_names() -> frozenset[str]:
     return frozenset(names)
 
 
+@lru_cache(maxsize=1)
+def _flite_voices() -> frozenset[str]:
+    """Voices compiled into flite ("Voices available: kal awb_time kal16 awb rms slt")."""
+    return frozenset(_run(["flite", "-lv"]).split(":", 1)[-1].split())
+
+
 def _mbrola_database(voice_id: str) -> bool:
     """espeak-ng lists mb-* voices whether or not the MBROLA binary and database are installed."""
     db = voice_id.removeprefix("mb-")
@@ -225,7 +231,7 @@ def voice_installed(voice: Voice) -> bool:
         names = _espeak_voice_names()
         return base.lower() in names and (not variant or variant.lower() in names)
     if voice.engine == "flite":
-        return voice.voice_id in _run(["flite", "-lv"]).split()
+        return voice.voice_id in _flite_voices()
     if voice.engine == "festival":
         return _festival_voice_ok(voice.voice_id)
     if voice.engine == "rhvoice":
