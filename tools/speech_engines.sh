@@ -52,16 +52,24 @@ if ! command -v apt-get >/dev/null; then
   exit 1
 fi
 
+# Whether apt knows a version of the package (its lists are there and name it).
+has_candidate() {
+  local policy
+  policy=$(apt-cache policy "$1" 2>/dev/null || true)  # no pipe into grep -q: pipefail + SIGPIPE
+  [[ "$policy" == *"Candidate: "[0-9]* ]]
+}
+
 # Adds `contrib` and `non-free` to every Debian archive entry of one sources file (deb822 or one-line form).
 enable_components() {
   local file=$1 tmp
   tmp=$(mktemp)
   if [[ "$file" == *.sources ]]; then
-    # deb822: a stanza's "Components:" line; only stanzas whose URIs are a Debian archive.
+    # deb822: a stanza's "Components:" line, in stanzas whose URIs name a Debian archive and whose
+    # components include main (third-party repositories with "debian" in their URL use other names).
     awk '
       /^[[:space:]]*$/ { debian = 0 }
       /^URIs:/ { debian = ($0 ~ /debian/) }
-      /^Components:/ && debian {
+      /^Components:/ && debian && / main([[:space:]]|$)/ {
         if ($0 !~ /[[:space:]]contrib([[:space:]]|$)/) $0 = $0 " contrib"
         if ($0 !~ /[[:space:]]non-free([[:space:]]|$)/) $0 = $0 " non-free"
       }
@@ -103,7 +111,7 @@ else
     grep -q debian "$file" || continue
     if enable_components "$file"; then changed=1; fi
   done
-  if [ "$changed" -eq 0 ] && ! apt-cache policy libttspico-utils 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+  if [ "$changed" -eq 0 ] && ! has_candidate libttspico-utils; then
     changed=1  # components were there but the package lists are stale
   fi
   if [ "$changed" -eq 1 ]; then run apt-get update -q; fi
@@ -116,7 +124,7 @@ done
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "all ${#packages[@]} speech engine packages are installed"
 else
-  if [ "$minimal" -eq 1 ] && ! apt-cache policy flite 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+  if [ "$minimal" -eq 1 ] && ! has_candidate flite; then
     run apt-get update -q
   fi
   run env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
