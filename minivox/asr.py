@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from minivox.audio import ASR_FEATURES, FeatureConfig, LogMel, StreamingFeatureBufferer
