@@ -46,7 +46,8 @@ def tone_corpus(folder, num_speakers=5, per_speaker=4, seed=0):
 def config(out_dir, manifest, **mix_overrides):
     cfg = mix.DiarDataConfig(out_dir=str(out_dir), seed=3, num_workers=1)
     settings = dict(manifests=[str(manifest)], test_speakers=["s3", "s4"], num_train=6, num_dev=2, num_test=3,
-                    duration=[4.0, 8.0], overlap_prob=0.5, interjection_prob=0.5, dev_fraction=0.25, noise_prob=0.0)
+                    duration=[4.0, 8.0], overlap_prob=0.5, interjection_prob=0.5, dev_fraction=0.25, noise_prob=0.0,
+                    min_speaker_utterances=1)
     settings.update(mix_overrides)
     cfg.mix = mix.MixConfig(**settings)
     return cfg
@@ -259,7 +260,7 @@ def test_mix_command(tmp_path, corpus):
     parser = argparse.ArgumentParser()
     mix.register(parser.add_subparsers())
     args = parser.parse_args(["mix", "--config", "configs/data_diar.toml", f"out_dir={tmp_path}", "num_workers=1",
-                              f'mix.manifests=["{corpus}"]', 'mix.test_speakers=["s4"]', "mix.heldout_field=speaker", "mix.num_train=2",
+                              f'mix.manifests=["{corpus}"]', 'mix.test_speakers=["s4"]', "mix.heldout_field=speaker", "mix.min_speaker_utterances=1", "mix.num_train=2",
                               "mix.num_dev=1", "mix.num_test=0", "mix.duration=[3.0, 4.0]", "mix.dev_fraction=0.25"])
     assert args.func(args) == 0
     rows = read_manifest(tmp_path / "train.jsonl", required=mix.MANIFEST_FIELDS)
@@ -307,3 +308,15 @@ def test_resuming_with_another_config_or_corpus_is_refused(tmp_path, corpus):
     write_manifest(tmp_path / "fewer.jsonl", rows)
     with pytest.raises(ValueError, match="another config or other source utterances"):
         mix.run_mix(config(tmp_path, tmp_path / "fewer.jsonl", num_train=2, num_dev=0, num_test=0), log=lambda m: None)
+
+
+def test_rare_speakers_dropped_and_no_utterance_repeats_while_others_are_left(tmp_path, corpus):
+    cfg = config(tmp_path, corpus, min_speaker_utterances=3, dev_fraction=0.25)
+    pools, _ = mix.split_pools(read_manifest(corpus), cfg.mix, cfg.seed)
+    assert pools["dev"].utterances == {}  # 1 of 4 utterances per speaker went to dev: too few
+    assert all(len(u) >= 3 for u in pools["train"].utterances.values())
+    for index in range(6):
+        conv, _, _ = regenerate(cfg, "train", index, pools["train"])
+        for speaker in conv.speakers:
+            paths = [p.audio_filepath for p in conv.placements if p.speaker == speaker]
+            assert len(set(paths)) == min(len(paths), len(pools["train"].utterances[speaker])), (speaker, paths)

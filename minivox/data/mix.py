@@ -83,6 +83,7 @@ class MixConfig:
     num_test: int = 200
     dev_fraction: float = 0.1  # share of the train speakers' utterances kept for dev conversations
     sample_rate: int = 16000
+    min_speaker_utterances: int = 10  # speakers (e.g. rare perturbed pseudo-speakers) with fewer in a split are not used
     min_utterance: float = 0.3  # source utterances outside [min, max] seconds (manifest duration) are not used
     max_utterance: float = 15.0
     speaker_count_weights: list[float] = field(default_factory=lambda: [0.5, 0.3, 0.2])  # P(2), P(3), P(4) speakers
@@ -228,6 +229,7 @@ def plan_conversation(rng: np.random.Generator, pool: Pool, cfg: MixConfig, load
     lead = max(_uniform(rng, cfg.lead_silence), cfg.edge)
 
     placements: list[Placement] = []
+    used: set[str] = set()  # utterances already placed: a conversation repeats none while others are left
     last_end = {s: -math.inf for s in speakers}  # end of each speaker's latest speech
     cursor, previous, previous_turn = lead, None, 0.0  # latest speech end; last turn's speaker and length
 
@@ -237,6 +239,7 @@ def plan_conversation(rng: np.random.Generator, pool: Pool, cfg: MixConfig, load
         cut_end = min(intervals[-1][1] + cfg.edge, len(audio) / cfg.sample_rate)
         p = Placement(speaker, path, speech_start - (intervals[0][0] - cut_start), cut_start, cut_end, intervals)
         placements.append(p)
+        used.add(path)
         last_end[speaker] = max(last_end[speaker], speech_start + intervals[-1][1] - intervals[0][0])
         return p
 
@@ -253,8 +256,8 @@ def plan_conversation(rng: np.random.Generator, pool: Pool, cfg: MixConfig, load
             others = silent
         speaker = speakers[0] if previous is None else str(rng.choice(others))
         count = int(rng.integers(cfg.turn_utterances[0], cfg.turn_utterances[1] + 1))
-        own = pool.utterances[speaker]
-        paths = [own[int(rng.integers(len(own)))][0] for _ in range(count)]
+        own = [path for path, _ in pool.utterances[speaker] if path not in used] or [p for p, _ in pool.utterances[speaker]]
+        paths = [own[int(i)] for i in rng.choice(len(own), size=min(count, len(own)), replace=False)]
         paths = [path for path in paths if speech_length(path) > 0]
         if not paths:
             continue
@@ -273,7 +276,7 @@ def plan_conversation(rng: np.random.Generator, pool: Pool, cfg: MixConfig, load
             place(speaker, path, start)
         turn_end = last_end[speaker]
         if rng.random() < cfg.interjection_prob:
-            _interject(rng, pool, cfg, speakers, speaker, turn_start, turn_end, last_end, speech_length, place)
+            _interject(rng, pool, cfg, speakers, speaker, turn_start, turn_end, last_end, speech_length, place, used)
         cursor, previous, previous_turn = max(cursor, turn_end), speaker, turn_end - turn_start
     duration = cursor + _uniform(rng, cfg.lead_silence)
     gains = {s: 10 ** (_uniform(rng, (-cfg.gain_db, cfg.gain_db)) / 20) for s in speakers}
@@ -286,11 +289,11 @@ def plan_conversation(rng: np.random.Generator, pool: Pool, cfg: MixConfig, load
     return Conversation(sorted(first, key=first.get), placements, gains, duration, snr)
 
 
-def _interject(rng, pool, cfg, speakers, current, turn_start, turn_end, last_end, speech_length, place) -> None:
+def _interject(rng, pool, cfg, speakers, current, turn_start, turn_end, last_end, speech_length, place, used) -> None:
     """Drop one short utterance of another speaker fully inside [turn_start, turn_end] if one fits."""
     other = str(rng.choice([s for s in speakers if s != current]))
     slack = 3.0  # manifest durations include leading/trailing silence and end-of-utterance padding
-    short = [path for path, duration in pool.utterances[other] if duration <= cfg.interjection_max + slack]
+    short = [path for path, duration in pool.utterances[other] if duration <= cfg.interjection_max + slack and path not in used]
     candidates = [short[i] for i in rng.permutation(len(short))[:5]]  # measure a few, not all
     candidates = [path for path in candidates if 0 < speech_length(path) <= cfg.interjection_max]
     if not candidates:
@@ -402,6 +405,9 @@ def split_pools(rows: list[dict], cfg: MixConfig, seed: int) -> tuple[dict[str, 
             split = "test" if str(r[cfg.heldout_field]) in heldout else "dev" if i < n_dev else "train"
             pools[split].utterances.setdefault(speaker, []).append((r["audio_filepath"], float(r["duration"])))
             pools[split].groups[speaker] = str(r[cfg.heldout_field])
+    for pool in pools.values():  # too few utterances would repeat within a conversation
+        for speaker in [s for s, u in pool.utterances.items() if len(u) < cfg.min_speaker_utterances]:
+            del pool.utterances[speaker], pool.groups[speaker]
     return pools, heldout
 
 
