@@ -7,6 +7,7 @@ modules (torch, numba) only when it runs, so `minivox --help` stays instant.
     minivox selftest                  run the audio frontend end to end on a generated signal
     minivox wer REF HYP               word/character error rates with S/D/I counts
     minivox der REF.rttm HYP.rttm     diarization error rate (miss, false alarm, confusion) and JER
+    minivox data ...                  training data: voices, synth, text, dialogues, mix, import
 """
 
 from __future__ import annotations
@@ -155,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     from minivox import metrics  # standard library only: keeps --help instant
 
     metrics.register(sub)
+    from minivox.data import cli as data_cli
+
+    data_cli.register(sub)
     return parser
 
 
