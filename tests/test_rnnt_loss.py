@@ -366,6 +366,13 @@ def test_import_does_not_load_numba():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
+def test_package_attribute_is_the_function_not_its_module():
+    import minivox.kernels
+    import minivox.kernels.rnnt_loss_cpu  # noqa: F401 - importing submodules must not rebind the name
+
+    assert callable(minivox.kernels.rnnt_loss) and minivox.kernels.rnnt_loss is rnnt_loss
+
+
 def test_numba_machine_code_is_cached_across_processes():
     """A fresh process loads the CPU kernels from numba's on-disk cache instead of compiling."""
     logits, targets, logit_lengths, target_lengths = _ragged_problem()
