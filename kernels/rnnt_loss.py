@@ -20,6 +20,7 @@ from torch.autograd.function import once_differentiable
 
 REDUCTIONS = ("none", "sum", "mean")
 _UPCAST = (torch.float16, torch.bfloat16)  # computed in float32, gradient returned in the input dtype
+SMALL_PROBLEM = 1 << 18  # logits elements (1 MiB of float32) below which the CPU kernel uses one thread
 
 
 def _validate(
@@ -102,8 +103,11 @@ def _cost_and_grad(logits, targets, logit_lengths, target_lengths, blank, clamp,
 
     from . import rnnt_loss_cpu
 
-    # Follow torch's thread setting (e.g. 1 per process under torchrun), up to numba's pool size.
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    # Follow torch's thread setting (e.g. 1 per process under torchrun), up to numba's pool size;
+    # small problems run on one thread: waking the pool costs more than it saves (and far more
+    # when another process holds a core: the barrier then waits for a descheduled thread).
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(1 if logits.numel() < SMALL_PROBLEM else max(1, threads))
     costs = rnnt_loss_cpu.cost_and_grad(
         logits.numpy(), targets.numpy(), logit_lengths.numpy(), target_lengths.numpy(), blank,
         clamp=clamp, fastemit_lambda=fastemit_lambda, fused_log_softmax=fused_log_softmax,
