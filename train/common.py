@@ -172,9 +172,11 @@ class ResumableBatches:
             self.position = 0
 
     def state_dict(self) -> dict[str, int]:
+        """Where the stream stands (epoch, position) plus what it was built from, for the resume check."""
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "num_batches": len(self.batches)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue at a saved position; refuses a state made from other batches or another seed."""
         if state["num_batches"] != len(self.batches) or state["seed"] != self.seed:
             raise ValueError(
                 f"cannot resume the batch order: it was made from {state['num_batches']} batches with seed "
@@ -273,6 +275,7 @@ class JSONLLogger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def log(self, **record: Any) -> None:
+        """Append `record` (plus elapsed seconds as "time") as one JSON line."""
         if not self.enabled:
             return
         record = {"time": round(time.time() - self.start, 3), **record}

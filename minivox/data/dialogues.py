@@ -156,10 +156,12 @@ def convert_units(value: float, from_unit: str, to_unit: str) -> int | float:
 
 
 def format_time(now: dt.datetime) -> str:
+    """"3:07 PM": how the time tool reports a time of day."""
     return f"{(now.hour - 1) % 12 + 1}:{now.minute:02d} {'AM' if now.hour < 12 else 'PM'}"
 
 
 def format_date(now: dt.date) -> str:
+    """"March 5, 2026": how the date tool reports a date."""
     return f"{now.strftime('%B')} {now.day}, {now.year}"
 
 
@@ -401,6 +403,7 @@ def held_out(n: int, every: int) -> set[int]:
 
 
 def unit_name(code: str, value: float) -> str:
+    """The singular or plural spoken name of a unit code ("km" -> "kilometer"/"kilometers")."""
     return UNITS[code][2] if value == 1 else UNITS[code][3]
 
 
@@ -442,6 +445,7 @@ class DialogueBuilder:
         self.speakers = 0  # speakers introduced by tags so far
 
     def phrase(self, key: str, **slots: Any) -> str:
+        """One paraphrase of the user-side template `key`, slots filled (held-out paraphrases only in test)."""
         options = PARAPHRASES[key]
         held = held_out(len(options), self.cfg.holdout_every)
         allowed = sorted(held) if self.split == "test" else [i for i in range(len(options)) if i not in held]
@@ -485,6 +489,7 @@ class DialogueBuilder:
         return results
 
     def reply(self, *options: str) -> str:
+        """One of the given assistant replies, chosen by the dialogue's RNG."""
         text = self.rng.choice(options)
         self.messages.append({"role": "assistant", "content": text})
         return text
@@ -553,6 +558,7 @@ def _exchange(d: DialogueBuilder, piece, speaker: int | None = None) -> list[dic
 
 
 def random_timer_seconds(rng: random.Random) -> int:
+    """A plausible timer length in seconds (10 s to about 2.5 h)."""
     return rng.choice([rng.randint(1, 60) * 60, rng.choice([10, 15, 20, 30, 45, 90]), 3600 * rng.randint(1, 2) + 60 * rng.choice([0, 15, 30])])
 
 

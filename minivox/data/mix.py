@@ -168,6 +168,8 @@ class Placement:
 
 @dataclass
 class Conversation:
+    """One planned conversation: who speaks, which utterance goes where, and at what gain."""
+
     speakers: list[str]  # in order of first speech
     placements: list[Placement]
     gains: dict[str, float]  # linear gain per speaker
@@ -416,6 +418,7 @@ def _stable_hash(path: str) -> bytes:
 
 
 def conversation_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The RNG of conversation `index` of `split`: depends on nothing else, so runs resume and parallelise."""
     return np.random.default_rng([seed, SPLIT_CODES[split], index])
 
 

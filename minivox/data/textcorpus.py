@@ -145,6 +145,7 @@ class WordNet:
         self._index: dict[str, dict[str, tuple[int, int]]] | None = None  # pos -> lemma -> (offset, tag count)
 
     def available(self) -> bool:
+        """True when the WordNet data and index files are all present."""
         return all((self.root / f"{kind}.{pos}").is_file() for pos in WORDNET_POS for kind in ("data", "index"))
 
     def _load_index(self) -> dict[str, dict[str, tuple[int, int]]]:
@@ -380,6 +381,7 @@ def random_time(rng: random.Random) -> str:
 
 
 def random_date(rng: random.Random) -> str:
+    """A date written one of several everyday ways ("march 5th", "the 5th of march", ...)."""
     month, day = rng.choice(MONTHS), rng.randint(1, 28)
     return rng.choice([f"{month} {_ordinal(day)}", f"the {_ordinal(day)} of {month}", f"{month} {day}",
                        rng.choice(WEEKDAYS), "tomorrow", f"next {rng.choice(WEEKDAYS)}"])
