@@ -75,6 +75,7 @@ class Voice:
 
     @property
     def name(self) -> str:
+        """ "engine:voice_id" """
         return f"{self.engine}:{self.voice_id}"
 
 
@@ -322,6 +323,7 @@ class FestivalSession:
         return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def synthesize(self, voice_id: str, text: str, out: Path) -> None:
+        """Write `text` spoken by festival voice `voice_id` to the RIFF WAV `out` (restarts a dead process)."""
         if not re.fullmatch(r"[A-Za-z0-9_]+", voice_id):
             raise ValueError(f"festival voice id must be a plain name, got {voice_id!r}")
         if self.proc is None or self.proc.poll() is not None:
@@ -354,6 +356,7 @@ class FestivalSession:
             seen = seen[-4096:] + chunk
 
     def close(self) -> None:
+        """Kill the festival process (a new one starts on the next request)."""
         if self.proc is not None:
             if self.proc.poll() is None:
                 self.proc.kill()
@@ -435,6 +438,7 @@ def close_engines() -> None:
 
 
 def format_voice_table(voices: list[Voice]) -> str:
+    """An aligned text table of voices: engine, name, speaker id, rate, gender, accent, note."""
     rows = [("engine", "voice", "speaker", "rate", "gender", "accent", "note")]
     rows += [(v.engine, v.name, v.speaker, str(v.sample_rate), v.gender, v.accent, v.note) for v in voices]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
