@@ -75,7 +75,7 @@ class Voice:
 
     @property
     def name(self) -> str:
-        """ "engine:voice_id" """
+        """The form configs use: "engine:voice_id"."""
         return f"{self.engine}:{self.voice_id}"
 
 
