@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.minivox-installed
 APT_PACKAGES := flite espeak-ng
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help demo test test-slow install system-deps clean
+.PHONY: help demo test test-slow install system-deps speech-engines clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -40,6 +40,9 @@ system-deps:  ## install the Debian packages the tests use (apt-get), if missing
 	    $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "please install these packages with your OS package manager:$$missing" >&2; exit 1; fi; \
 	fi
+
+speech-engines:  ## install every speech engine for corpus synthesis (adds apt contrib/non-free)
+	$(SUDO) bash tools/speech_engines.sh
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -15,14 +15,14 @@ train/common.py); this format is what inference and the bundled demo models load
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from minivox.fileio import atomic_path
 
 KINDS = ("asr", "diarizer", "fastpitch", "hifigan", "llm")
 REQUIRED_KEYS = ("kind", "config", "model", "tokenizer", "meta")
@@ -60,15 +60,8 @@ def save_checkpoint(
     payload = {"kind": kind, "config": config_dict, "model": state, "tokenizer": tokenizer, "meta": meta}
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp_name)
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

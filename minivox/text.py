@@ -33,14 +33,14 @@ Decisions a reader should know (also in the README):
 from __future__ import annotations
 
 import io
-import os
 import re
-import tempfile
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
+
+from minivox.fileio import atomic_path
 
 __all__ = [
     "number_to_words",
@@ -914,15 +914,8 @@ class Tokenizer:
     def save(self, path: str | Path) -> Path:
         """Write the model to `path` (a standard sentencepiece .model file), atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(self._model)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(self._model)
         return path
 
     @classmethod

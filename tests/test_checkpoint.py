@@ -95,3 +95,15 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         save_checkpoint(path, "asr", TinyConfig(), make_model(TinyConfig()), meta={"v": 2})
     assert load_checkpoint(path)["meta"]["v"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    """Atomic writes go through a private temp file; the result must still be readable like any file."""
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "m.pt", "asr", TinyConfig(), make_model(TinyConfig()))
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
+from minivox.fileio import atomic_path
+
 # ---------------------------------------------------------------------------------------------
 # Distributed set-up (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK; a plain `python -m` run is rank 0 of 1)
 
@@ -229,10 +231,8 @@ def save_training_state(path: str | Path, model: torch.nn.Module, optimizer: tor
         "rng": _rng_state(),
         "extra": extra or {},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from minivox.fileio import atomic_path
 
 REQUIRED_FIELDS = ("audio_filepath", "duration", "text")  # a speech manifest (ASR, TTS)
 PATH_SUFFIX = "_filepath"  # fields whose relative values are resolved against the manifest folder
@@ -117,17 +118,8 @@ def write_manifest(path: str | Path, rows: Iterable[dict], required: Sequence[st
     """
     path = Path(path)
     lines = _dump_lines(rows, required, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(lines), encoding="utf-8")
     return len(lines)
 
 
