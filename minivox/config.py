@@ -36,25 +36,22 @@ else:  # pragma: no cover - Python 3.10
 T = TypeVar("T")
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> T:
+def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Iterable[str] = (),
+                section: str | None = None) -> T:
     """Build `cls` (a dataclass) from a TOML file plus `key=value` overrides.
 
     Args:
         cls: the dataclass type; nested dataclass fields become TOML tables.
         path: a TOML file, or None for the defaults.
-        overrides: strings like "optim.lr=3e-4", applied after the file.
+        overrides: strings like "optim.lr=3e-4", applied after the file (relative to `section`).
+        section: read only this top-level table of the file, e.g. "model" when one preset holds
+            the model and the training recipe; the other tables belong to other readers.
     Raises:
         ValueError: missing/invalid TOML file, unknown key, or a value of the wrong type.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file {path} does not exist")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
+    data: dict[str, Any] = read_toml(path) if path is not None else {}
+    if section is not None:
+        data = data.get(section, {})
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(data, key, value)
@@ -63,6 +60,17 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
         return from_dict(cls, data)
     except ValueError as exc:
         raise ValueError(f"{exc}{where}") from None
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The contents of a TOML file; a missing or malformed file is a ValueError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
 
 
 def parse_override(item: str) -> tuple[str, Any]:

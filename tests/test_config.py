@@ -107,3 +107,11 @@ def test_parse_override_literals():
     assert parse_override("a.b=[70, 1]") == ("a.b", [70, 1])
     assert parse_override("x=1e-3") == ("x", 1e-3)
     assert parse_override("x=hello world") == ("x", "hello world")
+
+
+def test_section_reads_one_table_of_a_shared_preset(tmp_path):
+    path = write(tmp_path, "[model]\nd_model = 64\n[train]\nsteps = 3\nwhatever = 1\n")
+    cfg = load_config(Model, path, ["att_context=[8, 0]"], section="model")
+    assert cfg.d_model == 64 and cfg.att_context == [8, 0]
+    with pytest.raises(ValueError, match="unknown config key 'd_modle'"):
+        load_config(Model, path, ["d_modle=3"], section="model")
