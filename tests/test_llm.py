@@ -1,0 +1,284 @@
+"""minivox.llm: cached == uncached, SDPA == written-out attention, sampling sets, generation, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from minivox.llm import (GPT, GPTConfig, KVCache, RMSNorm, SamplingConfig, apply_repetition_penalty, apply_rope,
+                         attention_reference, causal_mask, generate, load_model_config, rms_norm_reference,
+                         rope_tables, sample_token, top_k_filter, top_p_filter)
+
+CFG = GPTConfig(vocab_size=97, n_layer=2, n_head=2, d_model=32, max_seq_len=64)
+
+
+def make_model(cfg: GPTConfig = CFG, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(cfg).eval()
+
+
+MODEL = make_model()
+SWIGLU_AND_GELU = [MODEL, make_model(GPTConfig(vocab_size=97, n_layer=2, n_head=4, d_model=32, max_seq_len=64, mlp="gelu"))]
+
+
+# ---- leaves ----------------------------------------------------------------------------
+
+
+def test_rms_norm_matches_formula():
+    x = torch.randn(3, 5, 32)
+    norm = RMSNorm(32, 1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    torch.testing.assert_close(norm(x), rms_norm_reference(x, norm.weight, 1e-5))
+
+
+@given(m=st.integers(0, 40), n=st.integers(0, 40), shift=st.integers(0, 20))
+@settings(max_examples=30, deadline=None)
+def test_rope_scores_depend_only_on_relative_position(m, n, shift):
+    """<rope(q, m), rope(k, n)> == <rope(q, m + s), rope(k, n + s)>, and rotation keeps norms."""
+    cos, sin = rope_tables(64, 16, 10000.0)
+    gen = torch.Generator().manual_seed(m * 100 + n)
+    q, k = torch.randn(1, 1, 16, generator=gen), torch.randn(1, 1, 16, generator=gen)  # [B, T, K]
+
+    def rot(x, pos):
+        return apply_rope(x, cos[pos : pos + 1], sin[pos : pos + 1])
+
+    a = (rot(q, m) * rot(k, n)).sum()
+    b = (rot(q, m + shift) * rot(k, n + shift)).sum()
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rot(q, m).norm(), q.norm(), atol=1e-5, rtol=1e-5)
+
+
+@given(start=st.integers(0, 10), T=st.integers(1, 6))
+@settings(max_examples=30, deadline=None)
+def test_sdpa_with_causal_mask_matches_written_out_attention(start, T):
+    gen = torch.Generator().manual_seed(start * 10 + T)
+    S = start + T
+    q = torch.randn(2, 3, T, 8, generator=gen)
+    k, v = torch.randn(2, 3, S, 8, generator=gen), torch.randn(2, 3, S, 8, generator=gen)
+    mask = causal_mask(start, T, S)
+    fast = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)
+    torch.testing.assert_close(fast, attention_reference(q, k, v, start), atol=1e-5, rtol=1e-5)
+
+
+# ---- cached == uncached -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", SWIGLU_AND_GELU, ids=["swiglu", "gelu"])
+@given(data=st.data())
+@settings(max_examples=25, deadline=None)
+def test_kv_cached_logits_equal_uncached(model, data):
+    """Feeding a sequence in arbitrary chunks through the cache gives the logits of one full pass."""
+    length = data.draw(st.integers(1, 48), label="length")
+    cuts = sorted(data.draw(st.sets(st.integers(1, length - 1), max_size=5), label="cuts")) if length > 1 else []
+    gen = torch.Generator().manual_seed(length)
+    tokens = torch.randint(0, CFG.vocab_size, (1, length), generator=gen)
+    with torch.no_grad():
+        full = model(tokens)  # [1, T, V]
+        cache = model.new_cache()
+        pieces = [model(tokens[:, a:b], cache) for a, b in zip([0, *cuts], [*cuts, length])]
+    assert cache.length == length
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=2e-5, rtol=1e-4)
+
+
+def test_right_padding_does_not_change_real_positions():
+    tokens = torch.randint(0, CFG.vocab_size, (1, 20))
+    padded = torch.cat([tokens, torch.zeros(1, 7, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(MODEL(padded)[:, :20], MODEL(tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_batched_cache_rows_are_independent():
+    tokens = torch.randint(0, CFG.vocab_size, (3, 12))
+    with torch.no_grad():
+        cache = MODEL.new_cache(batch_size=3)
+        MODEL(tokens[:, :8], cache)
+        batched = MODEL(tokens[:, 8:], cache)
+        for row in range(3):
+            single = MODEL(tokens[row : row + 1])[:, 8:]
+            torch.testing.assert_close(batched[row : row + 1], single, atol=2e-5, rtol=1e-4)
+
+
+def test_context_overflow_and_bad_shapes_are_clear_errors():
+    with pytest.raises(ValueError, match="exceeds"):
+        MODEL(torch.zeros(1, CFG.max_seq_len + 1, dtype=torch.long))
+    cache = MODEL.new_cache(max_len=8)
+    with torch.no_grad():
+        MODEL(torch.zeros(1, 8, dtype=torch.long), cache)
+        with pytest.raises(ValueError, match="exceeds"):
+            MODEL(torch.zeros(1, 1, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match=r"\[B, T\]"):
+        MODEL(torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="head"):
+        GPTConfig(d_model=30, n_head=4)
+
+
+# ---- sampling ------------------------------------------------------------------------------
+
+logit_rows = st.lists(st.floats(-8, 8, allow_nan=False, width=32), min_size=2, max_size=30)
+
+
+@given(logits=logit_rows, k=st.integers(1, 30), seed=st.integers(0, 2**31))
+@settings(max_examples=60, deadline=None)
+def test_top_k_never_samples_outside_the_k_largest(logits, k, seed):
+    x = torch.tensor([logits])
+    kth = sorted(logits, reverse=True)[min(k, len(logits)) - 1]
+    allowed = {i for i, v in enumerate(logits) if torch.tensor(v, dtype=torch.float32) >= torch.tensor(kth, dtype=torch.float32)}
+    gen = torch.Generator().manual_seed(seed)
+    sampling = SamplingConfig(temperature=1.5, top_k=k)
+    draws = {int(sample_token(x, sampling, gen)[0]) for _ in range(20)}
+    assert draws <= allowed
+    assert set(torch.nonzero(torch.isfinite(top_k_filter(x, k))[0]).flatten().tolist()) == allowed
+
+
+def nucleus_reference(logits: list[float], p: float) -> set[int]:
+    """Slow reference: walk tokens from most to least likely, keep them until the mass reaches p."""
+    probs = torch.tensor(logits, dtype=torch.float32).softmax(0).tolist()
+    order = sorted(range(len(probs)), key=lambda i: -probs[i])
+    kept, mass = set(), 0.0
+    for i in order:
+        kept.add(i)
+        mass += probs[i]
+        if mass >= p:
+            break
+    return kept
+
+
+@given(logits=logit_rows, p=st.floats(0.05, 0.99), seed=st.integers(0, 2**31))
+@settings(max_examples=60, deadline=None)
+def test_top_p_never_samples_outside_the_nucleus(logits, p, seed):
+    x = torch.tensor([logits])
+    probs = sorted(torch.tensor(logits).softmax(0).tolist(), reverse=True)
+    cumulative = [sum(probs[: i + 1]) for i in range(len(probs))]
+    near_tie = any(abs(a - b) < 1e-6 for a, b in zip(probs, probs[1:]))
+    assume(not near_tie and all(abs(c - p) > 1e-5 for c in cumulative))  # else the nucleus is ambiguous
+    allowed = nucleus_reference(logits, p)
+    kept = set(torch.nonzero(torch.isfinite(top_p_filter(x, p))[0]).flatten().tolist())
+    assert kept == allowed
+    gen = torch.Generator().manual_seed(seed)
+    draws = {int(sample_token(x, SamplingConfig(temperature=1.0, top_p=p), gen)[0]) for _ in range(20)}
+    assert draws <= allowed
+
+
+def test_repetition_penalty_matches_ctrl_rule():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    out = apply_repetition_penalty(logits, torch.tensor([[0, 1, 1]]), 2.0)
+    torch.testing.assert_close(out, torch.tensor([[1.0, -2.0, 0.5, 3.0]]))
+
+
+def test_bad_sampling_settings_raise():
+    for bad in ({"temperature": -1}, {"top_p": 0.0}, {"top_k": -2}, {"repetition_penalty": 0}):
+        with pytest.raises(ValueError):
+            SamplingConfig(**bad)
+
+
+# ---- generation ------------------------------------------------------------------------------
+
+
+def greedy_reference(model: GPT, prompt: list[int], n: int) -> list[int]:
+    """Greedy decoding with a full uncached forward per token."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def test_greedy_generation_is_deterministic_and_equals_uncached_reference():
+    prompt = [5, 17, 3, 44, 9]
+    sampling = SamplingConfig(temperature=0.0, max_tokens=20)
+    first = list(generate(MODEL, prompt, sampling))
+    second = list(generate(MODEL, prompt, sampling))
+    assert first == second == greedy_reference(MODEL, prompt, 20)
+
+
+def test_seeded_sampling_is_reproducible():
+    sampling = SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=15, seed=1234)
+    runs = [list(generate(MODEL, [1, 2, 3], sampling)) for _ in range(2)]
+    assert runs[0] == runs[1]
+    other = list(generate(MODEL, [1, 2, 3], SamplingConfig(temperature=1.0, max_tokens=15, seed=99)))
+    assert other != runs[0]  # 15 draws over 97 tokens colliding by chance is negligible
+
+
+def test_stop_tokens_max_tokens_and_context_end():
+    prompt = [5, 17, 3]
+    free = list(generate(MODEL, prompt, SamplingConfig(temperature=0.0, max_tokens=10)))
+    stopper = free[4]
+    stream = generate(MODEL, prompt, SamplingConfig(temperature=0.0, max_tokens=10, stop_tokens=(stopper,)))
+    out = list(stream)
+    assert out == free[: free.index(stopper)] and stream.finish_reason == "stop"
+    stream = generate(MODEL, prompt, SamplingConfig(temperature=0.0, max_tokens=6))
+    assert len(list(stream)) == 6 and stream.finish_reason == "length"
+    stream = generate(MODEL, list(range(60)), SamplingConfig(temperature=0.0, max_tokens=100))
+    assert len(list(stream)) == CFG.max_seq_len - 60 + 1 and stream.finish_reason == "length"
+    with pytest.raises(ValueError, match="prompt"):
+        generate(MODEL, list(range(64)))
+
+
+def test_prefix_reuse_gives_the_same_tokens_as_a_fresh_cache():
+    sampling = SamplingConfig(temperature=0.0, max_tokens=8)
+    cache = MODEL.new_cache()
+    list(generate(MODEL, [1, 2, 3, 4, 5, 6], sampling, cache=cache))
+    prompt = [1, 2, 3, 4, 7, 8, 9]
+    stream = generate(MODEL, prompt, sampling, cache=cache)
+    reused = list(stream)
+    assert stream.reused_prefix == 4
+    assert reused == list(generate(MODEL, prompt, sampling))
+
+
+def test_banned_tokens_are_never_generated():
+    free = list(generate(MODEL, [1, 2, 3], SamplingConfig(temperature=0.0, max_tokens=12)))
+    banned = set(free)
+    out = list(generate(MODEL, [1, 2, 3], SamplingConfig(temperature=0.0, max_tokens=12), banned_tokens=banned))
+    assert not banned & set(out)
+
+
+def test_cancel_sets_finish_reason():
+    stream = generate(MODEL, [1, 2], SamplingConfig(temperature=0.0, max_tokens=50))
+    next(stream)
+    stream.close()
+    assert stream.finish_reason == "cancelled" and list(stream) == []
+
+
+# ---- checkpoints and presets ------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip_fp16(tmp_path):
+    path = MODEL.save(tmp_path / "llm.pt", meta={"step": 3}, fp16=True)
+    loaded = GPT.from_checkpoint(path)
+    assert loaded.cfg == CFG and loaded.meta["step"] == 3
+    tokens = torch.randint(0, CFG.vocab_size, (1, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens), MODEL(tokens), atol=2e-2, rtol=0)  # fp16 weights
+    assert loaded.embed.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ["llm_tiny", "llm_demo", "llm_base"])
+def test_presets_load(name):
+    from minivox.config import load_config
+    from minivox.train.llm import TrainLLMConfig
+
+    cfg = load_config(TrainLLMConfig, f"configs/{name}.toml")
+    assert cfg.model == load_model_config(f"configs/{name}.toml")
+    assert cfg.model.d_model % cfg.model.n_head == 0
+
+
+def test_demo_size_parameter_count():
+    cfg = load_model_config("configs/llm_demo.toml")
+    # embeddings V*D + per layer: qkv 3D^2, proj D^2, SwiGLU 3*D*F, two norms; final norm
+    D, F_ = cfg.d_model, cfg.hidden_dim
+    expected = cfg.vocab_size * D + cfg.n_layer * (4 * D * D + 3 * D * F_ + 2 * D) + D
+    assert GPT(cfg).num_parameters() == expected
+    assert math.isclose(expected / 1e6, 5.87, abs_tol=0.05)
+
+
+def test_kv_cache_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="max_len"):
+        KVCache(CFG, max_len=CFG.max_seq_len + 1)
+    cache = MODEL.new_cache()
+    with pytest.raises(ValueError, match="crop"):
+        cache.crop(3)

@@ -1,0 +1,459 @@
+"""Train the LLM: sentencepiece tokenizer, pre-training on the sentence corpus, then supervised
+fine-tuning (SFT) on chat dialogues with the loss on assistant tokens only.
+
+    # data first (docs/data.md): minivox data text / minivox data dialogues --config configs/data_llm.toml
+    python -m minivox.train.llm --config configs/llm_demo.toml --out runs/llm_demo
+    python -m minivox.train.llm --config configs/llm_demo.toml --out runs/llm_demo --resume runs/llm_demo/state.pt
+    torchrun --standalone --nproc_per_node=2 -m minivox.train.llm --config configs/llm_base.toml
+    python -m minivox.train.llm --evaluate minivox/pretrained/llm_demo.pt --split test    # scores only
+
+One run is: tokenizer (trained once, saved as {out}/tokenizer.model and reused on resume) ->
+`pretrain.steps` steps of next-token prediction on packed sentences -> `sft.steps` steps on
+dialogues rendered with the chat template (minivox/chat.py). Every `eval_every` steps rank 0
+logs held-out perplexity (sentences), the dev SFT loss and tool-call accuracy on dev dialogues;
+every `checkpoint_every` steps and at exit (also on Ctrl-C / SIGTERM) it writes {out}/state.pt
+(exact resume) and {out}/llm.pt (inference checkpoint); at the end, `export` gets an fp16 copy.
+
+Scores (`evaluate_dialogues`), measured by greedy decoding with the reference context up to each
+assistant message:
+- tool-call accuracy: of the assistant messages that call tools, those whose calls have the right
+  names, valid arguments and give the same results as the reference calls;
+- answer accuracy: of the assistant answers right after tool results, those that state every
+  tool-result value the reference answer states (case-insensitive).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import signal
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from minivox.chat import (END_TOKEN, IGNORE_INDEX, ChatTemplate, format_tool_calls, parse_tool_calls,
+                          train_chat_tokenizer)
+from minivox.config import load_config
+from minivox.data import dialogues as dialogue_data
+from minivox.llm import GPT, GPTConfig, SamplingConfig, generate
+from minivox.text import Tokenizer
+from minivox.train.common import (JSONLLogger, ResumableBatches, cleanup_distributed, init_distributed,
+                                  load_training_state, lr_factor, parse_train_args, save_training_state,
+                                  seed_everything, unwrap)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class TokenizerRecipe:
+    model_type: str = "unigram"  # sentencepiece model type ("unigram" or "bpe")
+    max_lines: int = 150000  # training lines: sentences plus dialogue message texts (sentencepiece is slow beyond)
+
+
+@dataclass
+class DataConfig:
+    sentences: str = "data/llm/sentences.jsonl"  # `minivox data text` output
+    dialogues_dir: str = "data/llm"  # holds dialogues_{train,dev,test}.jsonl (`minivox data dialogues`)
+    heldout_per_mille: int = 10  # sentences held out for perplexity, by a hash of their text
+    max_sentences: int = 0  # 0 = all; fewer for quick runs
+
+
+@dataclass
+class PhaseConfig:
+    steps: int = 1000  # optimizer steps in this phase
+    batch_tokens: int = 8192  # tokens per step per rank (padding included)
+    lr: float = 1e-3  # peak learning rate (AdamW)
+    warmup_steps: int = 100  # linear warm-up, then cosine decay
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+    seq_len: int = 128  # pre-training chunk length (SFT uses whole dialogues up to max_seq_len)
+
+
+@dataclass
+class TrainLLMConfig:
+    model: GPTConfig = field(default_factory=GPTConfig)
+    tokenizer: TokenizerRecipe = field(default_factory=TokenizerRecipe)
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=1000, lr=1e-3))
+    sft: PhaseConfig = field(default_factory=lambda: PhaseConfig(steps=2000, lr=5e-4, warmup_steps=50))
+    weight_decay: float = 0.1  # AdamW decoupled decay on matrices (not norms)
+    betas: tuple[float, float] = (0.9, 0.95)  # GPT-3/LLaMA AdamW betas
+    grad_clip: float = 1.0  # global gradient-norm clip
+    seed: int = 0
+    threads: int = 1  # torch intra-op threads per rank (CPU)
+    device: str = "auto"  # auto | cpu | cuda
+    log_every: int = 10  # steps between JSONL log lines
+    eval_every: int = 500  # steps between evaluations
+    eval_dialogues: int = 40  # dev dialogues for the periodic tool-call accuracy
+    checkpoint_every: int = 200  # steps between state.pt writes
+    export: str = ""  # fp16 inference checkpoint written at the end (e.g. minivox/pretrained/llm_demo.pt)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def is_heldout(text: str, per_mille: int) -> bool:
+    """A fixed, content-based split: the same sentence is always on the same side."""
+    return zlib.crc32(text.encode("utf-8")) % 1000 < per_mille
+
+
+def tokenizer_lines(sentences: list[str], dialogues: list[dict], max_lines: int, seed: int) -> list[str]:
+    """Text for sentencepiece: sentences plus every message text of the dialogues (calls as their JSON)."""
+    lines = []
+    for d in dialogues:
+        for m in d["messages"]:
+            if m["role"] == "system":
+                continue
+            lines.append(m["content"] if not m.get("tool_calls") else format_tool_calls(m["tool_calls"]))
+    lines = [line for line in lines if line.strip()]
+    rng = random.Random(seed)
+    rng.shuffle(lines)
+    half = max_lines // 2
+    picked = lines[:half] + sentences[: max_lines - min(half, len(lines))]
+    return picked + [dialogue_data.SYSTEM_PROMPT]
+
+
+def pack_sentences(tokenizer: Tokenizer, texts: list[str], seq_len: int, end_id: int) -> torch.Tensor:
+    """Sentences joined by `<|end|>` into one stream, cut into rows of seq_len + 1 tokens: [N, seq_len + 1]."""
+    stream: list[int] = []
+    for text in texts:
+        stream += tokenizer.encode(text) + [end_id]
+    n = (len(stream) - 1) // seq_len
+    data = torch.tensor(stream[: n * seq_len + 1], dtype=torch.long)
+    return data.unfold(0, seq_len + 1, seq_len)  # [N, seq_len + 1]: row i starts at i * seq_len
+
+
+def encode_dialogues(template: ChatTemplate, dialogues: list[dict], max_len: int) -> tuple[list[list[int]], list[list[int]], int]:
+    """(ids, targets) of every dialogue that fits `max_len` tokens; returns also how many were dropped."""
+    ids, targets, dropped = [], [], 0
+    for d in dialogues:
+        x, y = template.encode_dialogue(d["messages"])
+        if len(x) > max_len:
+            dropped += 1
+            continue
+        ids.append(x)
+        targets.append(y)
+    return ids, targets, dropped
+
+
+def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped by similar length so that batch size x longest <= batch_tokens (little padding)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches, current = [], []
+    for i in order:
+        if current and (len(current) + 1) * lengths[i] > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + ([current] if current else [])
+
+
+def collate(ids: list[list[int]], targets: list[list[int]], index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded inputs [B, T] and targets [B, T] (padding targets are IGNORE_INDEX; causal
+    attention means right padding never changes the real positions)."""
+    T = max(len(ids[i]) for i in index)
+    x = torch.zeros(len(index), T, dtype=torch.long)
+    y = torch.full((len(index), T), IGNORE_INDEX, dtype=torch.long)
+    for row, i in enumerate(index):
+        x[row, : len(ids[i])] = torch.tensor(ids[i])
+        y[row, : len(targets[i])] = torch.tensor(targets[i])
+    return x, y
+
+
+def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the targets that are not IGNORE_INDEX."""
+    logits = model(x)  # [B, T, V]
+    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _result_facts(results: list[dict]) -> list[str]:
+    facts = []
+    for result in results:
+        for value in result.values():
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, bool):
+                    continue
+                facts.append(dialogue_data.number_text(item) if isinstance(item, (int, float)) else str(item))
+    return facts
+
+
+def _same_call_results(predicted: list, reference: list[dict], wordnet) -> bool:
+    """Right tools, valid arguments, same results (with one fixed clock) as the reference calls."""
+    now = dt.datetime(2024, 3, 15, 14, 5)
+    if len(predicted) != len(reference):
+        return False
+    for call, ref in zip(predicted, reference):
+        try:
+            arguments = json.loads(call.arguments)
+            dialogue_data.check_arguments(call.name, arguments)
+        except (ValueError, json.JSONDecodeError):
+            return False
+        if call.name != ref["name"]:
+            return False
+        if dialogue_data.run_tool(call.name, arguments, now, wordnet) != dialogue_data.run_tool(ref["name"], ref["arguments"], now, wordnet):
+            return False
+    return True
+
+
+@torch.no_grad()
+def evaluate_dialogues(model: GPT, template: ChatTemplate, dialogues: list[dict], max_tokens: int = 128,
+                       progress: bool = False) -> dict:
+    """Tool-call and answer accuracy of greedy replies (see the module docstring); also returns failures."""
+    from minivox.data.textcorpus import WordNet
+
+    wordnet = WordNet()
+    sampling = SamplingConfig(temperature=0.0, max_tokens=max_tokens, stop_tokens=(template.end_id,))
+    counts = {"tool_turns": 0, "tool_correct": 0, "answer_turns": 0, "answer_correct": 0, "text_turns": 0, "text_exact": 0}
+    failures = []
+    cache = model.new_cache()
+    for d in tqdm(dialogues, disable=not progress, desc="evaluate", leave=False):
+        messages = d["messages"]
+        for i, ref in enumerate(messages):
+            if ref["role"] != "assistant":
+                continue
+            prompt = template.encode_prompt(messages[:i])
+            if len(prompt) >= model.cfg.max_seq_len - 8:
+                continue
+            ids = list(generate(model, prompt, sampling, cache=cache))
+            text, calls = template.decode_reply(ids)
+            if ref.get("tool_calls"):
+                counts["tool_turns"] += 1
+                ok = calls is not None and _same_call_results(calls, ref["tool_calls"], wordnet)
+                counts["tool_correct"] += ok
+            else:
+                results = []
+                for m in reversed(messages[:i]):
+                    if m["role"] != "tool":
+                        break
+                    results.append(json.loads(m["content"]))
+                facts = [f for f in _result_facts(results) if f.lower() in ref["content"].lower()]
+                counts["text_turns"] += 1
+                counts["text_exact"] += calls is None and text.strip() == ref["content"].strip()
+                if not facts:
+                    continue
+                counts["answer_turns"] += 1
+                ok = calls is None and all(f.lower() in text.lower() for f in facts)
+                counts["answer_correct"] += ok
+            if not ok:
+                failures.append({"id": d.get("id"), "template": d["template"], "expected": ref.get("tool_calls") or ref["content"],
+                                 "got": text if calls is None else [c.__dict__ for c in calls]})
+    return {
+        "tool_call_accuracy": counts["tool_correct"] / max(1, counts["tool_turns"]),
+        "answer_accuracy": counts["answer_correct"] / max(1, counts["answer_turns"]),
+        "text_exact_match": counts["text_exact"] / max(1, counts["text_turns"]),
+        **counts, "failures": failures,
+    }
+
+
+@torch.no_grad()
+def mean_loss(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Token-weighted mean loss over (x, y) batches."""
+    total, count = 0.0, 0
+    for x, y in batches:
+        n = int((y != IGNORE_INDEX).sum())
+        total += float(lm_loss(model, x, y)) * n
+        count += n
+    return total / max(1, count)
+
+
+def run_evaluate(args) -> int:
+    """--evaluate CHECKPOINT: scores on a dialogue split, printed as JSON (failures to --failures)."""
+    torch.set_num_threads(args.threads)
+    model = GPT.from_checkpoint(args.evaluate)
+    template = ChatTemplate(model.tokenizer)
+    dialogues = read_jsonl(Path(args.dialogues_dir) / f"dialogues_{args.split}.jsonl")[: args.limit or None]
+    start = time.time()
+    scores = evaluate_dialogues(model, template, dialogues, progress=True)
+    failures = scores.pop("failures")
+    scores.update(split=args.split, dialogues=len(dialogues), seconds=round(time.time() - start, 1))
+    print(json.dumps(scores, indent=1))
+    if args.failures:
+        Path(args.failures).write_text("\n".join(json.dumps(f) for f in failures) + "\n", encoding="utf-8")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--evaluate" in argv:
+        import argparse
+
+        p = argparse.ArgumentParser(description="score a checkpoint on held-out dialogues")
+        p.add_argument("--evaluate", required=True, metavar="CHECKPOINT")
+        p.add_argument("--split", default="test", choices=["train", "dev", "test"])
+        p.add_argument("--dialogues-dir", default="data/llm")
+        p.add_argument("--limit", type=int, default=0, help="first N dialogues only (0 = all)")
+        p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--failures", help="write the failed turns here (JSONL)")
+        return run_evaluate(p.parse_args(argv))
+
+    args = parse_train_args(__doc__, "configs/llm_demo.toml", argv)
+    cfg = load_config(TrainLLMConfig, args.config, args.overrides)
+    dist = init_distributed(cfg.device)
+    torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed + dist.rank)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logger = JSONLLogger(out / "log.jsonl", enabled=dist.is_main)
+    say = print if dist.is_main else (lambda *a, **k: None)
+
+    # ---- data and tokenizer
+    sentences = [row["text"] for row in read_jsonl(cfg.data.sentences)]
+    if cfg.data.max_sentences:
+        sentences = sentences[: cfg.data.max_sentences]
+    train_sentences = [s for s in sentences if not is_heldout(s, cfg.data.heldout_per_mille)]
+    heldout_sentences = [s for s in sentences if is_heldout(s, cfg.data.heldout_per_mille)]
+    dialogues_dir = Path(cfg.data.dialogues_dir)
+    train_dialogues = read_jsonl(dialogues_dir / "dialogues_train.jsonl")
+    dev_dialogues = read_jsonl(dialogues_dir / "dialogues_dev.jsonl")
+    tokenizer_path = out / "tokenizer.model"
+    if dist.is_main and not tokenizer_path.exists():
+        if args.resume:
+            raise ValueError(f"cannot resume: {tokenizer_path} (the run's tokenizer) is missing")
+        start = time.time()
+        lines = tokenizer_lines(train_sentences, train_dialogues, cfg.tokenizer.max_lines, cfg.seed)
+        train_chat_tokenizer(lines, cfg.model.vocab_size, cfg.tokenizer.model_type, cfg.seed).save(tokenizer_path)
+        say(f"tokenizer: {cfg.model.vocab_size} pieces from {len(lines)} lines in {time.time() - start:.0f} s")
+    if dist.world_size > 1:
+        torch.distributed.barrier()
+    tokenizer = Tokenizer.load(tokenizer_path)
+    template = ChatTemplate(tokenizer)
+
+    pre_rows = pack_sentences(tokenizer, train_sentences, cfg.pretrain.seq_len, template.end_id)  # [N, L + 1]
+    pre_eval_rows = pack_sentences(tokenizer, heldout_sentences, cfg.pretrain.seq_len, template.end_id)
+    rows_per_batch = max(1, cfg.pretrain.batch_tokens // cfg.pretrain.seq_len)
+    pre_batches = ResumableBatches([list(range(i, min(i + rows_per_batch, len(pre_rows))))
+                                    for i in range(0, len(pre_rows) - rows_per_batch + 1, rows_per_batch)],
+                                   seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
+    sft_ids, sft_targets, dropped = encode_dialogues(template, train_dialogues, cfg.model.max_seq_len)
+    dev_ids, dev_targets, _ = encode_dialogues(template, dev_dialogues, cfg.model.max_seq_len)
+    sft_batches = ResumableBatches(length_batches([len(x) for x in sft_ids], cfg.sft.batch_tokens),
+                                   seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
+    say(f"pre-training: {pre_rows.numel() / 1e6:.2f}M tokens in {len(pre_rows)} rows of {cfg.pretrain.seq_len}, "
+        f"{pre_batches.per_epoch} batches/epoch; SFT: {len(sft_ids)} dialogues ({sum(map(len, sft_ids)) / 1e6:.2f}M tokens, "
+        f"{dropped} longer than {cfg.model.max_seq_len} dropped), {sft_batches.per_epoch} batches/epoch")
+    pre_eval = [(pre_eval_rows[i : i + 16, :-1], pre_eval_rows[i : i + 16, 1:]) for i in range(0, min(len(pre_eval_rows), 256), 16)]
+    dev_order = length_batches([len(x) for x in dev_ids], cfg.sft.batch_tokens)
+    sft_eval = [collate(dev_ids, dev_targets, b) for b in dev_order]
+    eval_dialogues = [d for d in dev_dialogues if d["template"].split("/")[0] != "smalltalk"][: cfg.eval_dialogues]
+
+    # ---- model, optimizer, schedule
+    model = GPT(cfg.model).to(dist.device)
+    model.tokenizer = tokenizer
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.pretrain.lr, betas=cfg.betas)
+    total_steps = cfg.pretrain.steps + cfg.sft.steps
+
+    def lr_at(step: int) -> float:  # multiplier of pretrain.lr: each phase warms up and decays on its own
+        if step < cfg.pretrain.steps:
+            p = cfg.pretrain
+            return lr_factor(step, p.warmup_steps, p.steps, p.min_lr_ratio)
+        s = cfg.sft
+        return s.lr / cfg.pretrain.lr * lr_factor(step - cfg.pretrain.steps, s.warmup_steps, s.steps, s.min_lr_ratio)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    step = 0
+    if args.resume:
+        step, extra = load_training_state(args.resume, model, optimizer, scheduler, sft_batches)
+        pre_batches.load_state_dict(extra["pretrain_batches"])
+        say(f"resumed from {args.resume} at step {step}")
+    train_model = model
+    if dist.world_size > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(model)
+    say(f"model: {model.num_parameters() / 1e6:.2f}M parameters, {cfg.model.n_layer} x {cfg.model.d_model}, "
+        f"vocab {cfg.model.vocab_size}; {total_steps} steps ({cfg.pretrain.steps} pre-training + {cfg.sft.steps} SFT)")
+
+    def save_all(final: bool = False) -> None:
+        save_training_state(out / "state.pt", train_model, optimizer, scheduler, step, sft_batches,
+                            extra={"pretrain_batches": pre_batches.state_dict()})
+        if dist.is_main:
+            meta = {"step": step, "config": args.config, "overrides": list(args.overrides)}
+            model.save(out / "llm.pt", meta=meta)
+            if final and cfg.export:
+                model.save(cfg.export, meta=meta, fp16=True)
+                say(f"exported {cfg.export}")
+
+    def evaluate() -> None:
+        model.eval()
+        record = {"step": step, "heldout_ppl": round(float(torch.tensor(mean_loss(model, pre_eval)).exp()), 3),
+                  "dev_sft_loss": round(mean_loss(model, sft_eval), 4)}
+        if step >= cfg.pretrain.steps:
+            scores = evaluate_dialogues(model, template, eval_dialogues)
+            record.update(tool_call_accuracy=round(scores["tool_call_accuracy"], 4),
+                          answer_accuracy=round(scores["answer_accuracy"], 4))
+        logger.log(kind="eval", **record)
+        tqdm.write(json.dumps(record))
+        model.train()
+
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    pre_stream, sft_stream = iter(pre_batches), iter(sft_batches)
+    bar = tqdm(total=total_steps, initial=step, disable=not dist.is_main, desc="llm", dynamic_ncols=True)
+    model.train()
+    tokens_seen, window_start = 0, time.time()
+    try:
+        while step < total_steps and not stop["now"]:
+            if step < cfg.pretrain.steps:
+                rows = pre_rows[next(pre_stream)]  # [B, L + 1]
+                x, y = rows[:, :-1], rows[:, 1:]
+            else:
+                x, y = collate(sft_ids, sft_targets, next(sft_stream))
+            x, y = x.to(dist.device), y.to(dist.device)
+            loss = lm_loss(train_model, x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            tokens_seen += x.numel()
+            bar.update(1)
+            if step % cfg.log_every == 0:
+                elapsed = time.time() - window_start
+                record = {"step": step, "phase": "pretrain" if step <= cfg.pretrain.steps else "sft",
+                          "loss": round(loss.item(), 4), "lr": scheduler.get_last_lr()[0],
+                          "grad_norm": round(float(grad_norm), 3), "tokens_per_s": round(tokens_seen / elapsed)}
+                logger.log(kind="train", **record)
+                bar.set_postfix(loss=f"{loss.item():.3f}", phase=record["phase"])
+                tokens_seen, window_start = 0, time.time()
+            if dist.is_main and (step % cfg.eval_every == 0 or step == cfg.pretrain.steps):
+                evaluate()
+            if step % cfg.checkpoint_every == 0:
+                save_all()
+    except KeyboardInterrupt:
+        say("interrupted: saving the training state")
+    finally:
+        bar.close()
+    save_all(final=step >= total_steps)
+    if dist.is_main and step >= total_steps:
+        evaluate()
+    say(f"stopped at step {step}; resume with --resume {out / 'state.pt'}" if step < total_steps else f"done: {out / 'llm.pt'}")
+    cleanup_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
