@@ -203,8 +203,16 @@ class IncrementalDecoder:
         text = self.tokenizer.decode(self.ids)
         if text.endswith("\ufffd"):
             return ""
-        delta = text[len(self.emitted):] if text.startswith(self.emitted) else ""
-        self.emitted = text if text.startswith(self.emitted) else self.emitted
+        return self._advance(text)
+
+    def flush(self) -> str:
+        """The text still held back at the end (an incomplete character decodes as U+FFFD)."""
+        return self._advance(self.tokenizer.decode(self.ids))
+
+    def _advance(self, text: str) -> str:
+        if not text.startswith(self.emitted):  # cannot happen with sentencepiece; never emit twice
+            return ""
+        delta, self.emitted = text[len(self.emitted):], text
         return delta
 
 
@@ -252,6 +260,25 @@ class ChatContext:
         if count_tokens([self.system]) > max_tokens:
             raise ValueError(f"the system prompt alone takes {count_tokens([self.system])} tokens, "
                              f"more than the context budget of {max_tokens}")
+
+    @classmethod
+    def from_messages(cls, messages: Sequence[dict], max_tokens: int,
+                      count_tokens: Callable[[Sequence[dict]], int] = approximate_token_count,
+                      default_system: str = SYSTEM_PROMPT) -> ChatContext:
+        """A context holding a whole message list (as an API request sends it), split into turns.
+
+        Several system messages are joined into one; with none, `default_system` is used. Messages
+        before the first user message (an assistant greeting) form a turn of their own.
+        """
+        systems = [m["content"] for m in messages if m["role"] == "system"]
+        context = cls("\n".join(systems) if systems else default_system, max_tokens, count_tokens)
+        for m in messages:
+            if m["role"] == "system":
+                continue
+            if m["role"] == "user" or not context.turns:
+                context.turns.append([])
+            context.turns[-1].append(dict(m))
+        return context
 
     def add_user(self, text: str, speaker: int | None = None) -> None:
         """Start a new turn with what a user said (tagged `<speaker_N>` when the speaker is known)."""
@@ -656,6 +683,9 @@ class LocalBackend:
                         delta = decoder.push(token)
                         if delta:
                             yield ChatDelta(text=delta)
+                tail = decoder.flush() if call_ids is None else ""
+                if tail:
+                    yield ChatDelta(text=tail)
             finally:
                 stream.close()
         if call_ids is not None:

@@ -21,7 +21,6 @@ K head width (D / H), F MLP hidden width, V vocabulary, L layers.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,12 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minivox.checkpoint import load_checkpoint, load_state_dict, save_checkpoint
-from minivox.config import from_dict, parse_override
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from minivox.config import from_dict, load_config
 
 
 # ---------------------------------------------------------------------------------------
@@ -93,20 +87,7 @@ def load_model_config(path: str | Path, overrides: Sequence[str] = ()) -> GPTCon
     Other tables (tokenizer, training) belong to the training recipe and are ignored here.
     Overrides are relative to the model: "n_layer=4".
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file {path} does not exist")
-    try:
-        model = tomllib.loads(path.read_text(encoding="utf-8")).get("model", {})
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
-    for item in overrides:
-        key, value = parse_override(item)
-        model[key] = value
-    try:
-        return from_dict(GPTConfig, model, prefix="model.")
-    except ValueError as exc:
-        raise ValueError(f"{exc} (in {path})") from None
+    return load_config(GPTConfig, path, overrides, section="model")
 
 
 # ---------------------------------------------------------------------------------------
