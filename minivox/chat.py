@@ -855,7 +855,12 @@ class OpenAIBackend:
                     slot["arguments"] += function.get("arguments") or ""
                 finish = choice.get("finish_reason") or finish
         finally:
-            conn.close()  # also unblocks a reader still waiting on the socket
+            if conn.sock is not None:  # wake a reader blocked on the socket (close alone may not)
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            conn.close()
         if calls:
             yield ChatDelta(tool_calls=[ToolCall(c["name"], c["arguments"], c["id"]) for _, c in sorted(calls.items())],
                             finish_reason="tool_calls")

@@ -103,7 +103,8 @@ def parse_chat_request(raw: bytes, served_model: str, default_max_tokens: int = 
         raise ApiError(400, "'tools' must be a list of {\"type\": \"function\", \"function\": {...}}", param="tools")
     if body.get("tool_choice") == "none":
         tools = None
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens")) or default_max_tokens
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    max_tokens = default_max_tokens if max_tokens is None else max_tokens
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ApiError(400, f"'max_tokens' must be a positive integer, got {max_tokens!r}", param="max_tokens")
     seed = body.get("seed")
