@@ -998,5 +998,44 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 
 
 # =====================================================================================
-# 5. TTS symbol set (reserved: added with FastPitch in a later issue)
+# 5. TTS symbol set (FastPitch input)
 # =====================================================================================
+# FastPitch reads characters of normalised text, not phonemes. Phonemes would need a
+# pronunciation lexicon plus a letter-to-sound model for unknown words; the usual source is
+# espeak-ng, an external program at run time, which minivox does not depend on. Characters
+# cost the model some capacity (English spelling is irregular), but every normalised string
+# is speakable and the aligner learns the mapping from audio.
+#
+# normalize_text leaves lowercase a-z, the apostrophe and single spaces, so that is the whole
+# alphabet; id 0 is padding. A space is added at both ends of every utterance: the aligner
+# gives the leading and trailing silence (and any pause) to space symbols instead of
+# stretching the first and last letters.
+
+TTS_PAD = "<pad>"  # id 0: padding, never inside an utterance
+TTS_CHARACTERS = " 'abcdefghijklmnopqrstuvwxyz"  # ids 1..28, in this order
+TTS_SYMBOLS: tuple[str, ...] = (TTS_PAD, *TTS_CHARACTERS)
+TTS_PAD_ID = 0
+_TTS_ID = {symbol: i for i, symbol in enumerate(TTS_SYMBOLS)}
+
+
+def tts_symbol_ids(normalized: str) -> list[int]:
+    """Symbol ids of already normalised text, with a space added at both ends: "hi" -> [1, 10, 11, 1].
+
+    Raises ValueError naming the first character outside TTS_CHARACTERS (run normalize_text first).
+    """
+    for ch in normalized:
+        if ch not in _TTS_ID or ch == TTS_PAD:
+            raise ValueError(f"tts_symbol_ids: expected normalised text of {TTS_CHARACTERS!r}, got {ch!r} "
+                             f"in {normalized[:60]!r}")
+    return [_TTS_ID[ch] for ch in f" {normalized.strip()} "]
+
+
+def unspeakable_characters(text: str) -> list[str]:
+    """The distinct letters, digits and symbols of `text` that normalisation drops because they have
+    no spoken form here (other scripts, emoji), in order of first appearance. Punctuation and
+    whitespace are not listed: they are meant to be silent."""
+    found: list[str] = []
+    for ch in dict.fromkeys(text):
+        if unicodedata.category(ch)[0] in "LNS" and not fold_unicode(ch).strip():
+            found.append(ch)
+    return found
