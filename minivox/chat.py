@@ -632,14 +632,17 @@ class LocalBackend:
         self.last_stream = None  # the TokenStream of the latest call (timings, finish reason)
 
     @classmethod
-    def from_checkpoint(cls, path: str, threads: int | None = None) -> LocalBackend:
+    def from_checkpoint(cls, path: str, threads: int | None = None, int8: bool = False) -> LocalBackend:
+        """Load a checkpoint; `int8` decodes with int8 Linear weights (about 2x faster on a CPU,
+        see `minivox.llm.quantize_int8`)."""
         import torch
 
-        from minivox.llm import GPT
+        from minivox.llm import GPT, quantize_int8
 
         if threads:
             torch.set_num_threads(threads)
-        return cls(GPT.from_checkpoint(path))
+        model = GPT.from_checkpoint(path)
+        return cls(quantize_int8(model) if int8 else model)
 
     @property
     def max_context(self) -> int:
@@ -1003,7 +1006,7 @@ def build_backend(args: argparse.Namespace) -> ChatBackend:
             raise ValueError("--backend openai needs --base-url (e.g. http://localhost:8000/v1) and --model")
         return OpenAIBackend(args.base_url, args.model, api_key=args.api_key,
                              first_token_timeout=args.first_token_timeout, total_timeout=args.total_timeout)
-    return LocalBackend.from_checkpoint(args.checkpoint or default_checkpoint(), threads=args.threads)
+    return LocalBackend.from_checkpoint(args.checkpoint or default_checkpoint(), threads=args.threads, int8=args.int8)
 
 
 def run_chat(args: argparse.Namespace) -> int:
@@ -1061,5 +1064,6 @@ def register(subparsers) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the local model")
+    p.add_argument("--int8", action="store_true", help="local model with int8 weights (about 2x faster decoding on a CPU)")
     p.add_argument("-v", "--verbose", action="store_true", help="show tool calls and context trimming")
     p.set_defaults(func=run_chat)

@@ -104,37 +104,45 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[..., D] -> [..., D] (torch's fused kernel; `rms_norm_reference` is the formula)."""
-        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-
-
-def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """The readable RMSNorm that tests hold `RMSNorm` equal to."""
-    return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps) * weight
+        """[..., D] -> [..., D]. Written out: on the CPU, torch's `F.rms_norm` dispatches about
+        twice as many small ops for a decode step's single row (tests hold the two equal)."""
+        return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight
 
 
 def rope_tables(max_seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of position * frequency, each [S_max, K/2]; frequency_i = theta^(-2i/K)."""
+    """Rotary tables in "rotate half" form, cos and sin each [S_max, K].
+
+    Dimension i < K/2 is paired with i + K/2 and the pair is rotated by position * theta^(-2i/K)
+    (the GPT-NeoX / LLaMA-HF layout). cos = [c, c]; sin = [-s, s] carries the rotation's sign,
+    so `apply_rope` is two multiplies and an add.
+    """
     freqs = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # [K/2]
     angles = torch.arange(max_seq_len, dtype=torch.float64)[:, None] * freqs[None, :]  # [S_max, K/2]
-    return angles.cos().float(), angles.sin().float()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat((cos, cos), dim=-1).float(), torch.cat((-sin, sin), dim=-1).float()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x_i, x_{i+K/2}) by position-dependent angles (the GPT-NeoX/LLaMA "rotate half" layout).
+    """Rotate each pair (x_i, x_{i+K/2}) of x [..., T, K] by its position's angle; cos/sin [T, K].
 
-    Args:
-        x: [B, T, ..., K] with positions on dim 1 (any head dims between).
-        cos, sin: [T, K/2] for the positions of x.
-    Returns:
-        rotated x, same shape.
+    (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin): swapping the halves gives (x2, x1), the sin
+    table supplies the signs. `apply_rope_reference` is the same rotation with complex numbers.
     """
-    half = x.shape[-1] // 2
-    extra = x.ndim - 3  # head dims between T and K
-    cos = cos.view(cos.shape[0], *([1] * extra), half)  # [T, 1.., K/2]
-    sin = sin.view(sin.shape[0], *([1] * extra), half)
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    swapped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)  # [..., T, K]: halves swapped
+    return x * cos + swapped * sin
+
+
+def apply_rope_reference(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """RoPE written as complex multiplication: pair j is x_j + i x_{j+K/2}, times e^{i pos theta^(-2j/K)}.
+
+    x [..., T, K], positions [T] -> rotated x. The readable formula tests hold `apply_rope` to.
+    """
+    K = x.shape[-1]
+    freqs = theta ** (-torch.arange(0, K, 2, dtype=torch.float64) / K)  # [K/2]
+    rotation = torch.polar(torch.ones(len(positions), K // 2, dtype=torch.float64),
+                           positions.double()[:, None] * freqs[None, :])  # [T, K/2]
+    pairs = torch.complex(x[..., : K // 2].double(), x[..., K // 2 :].double()) * rotation
+    return torch.cat((pairs.real, pairs.imag), dim=-1).to(x.dtype)
 
 
 def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
@@ -206,32 +214,30 @@ class Attention(nn.Module):
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         """x [B, T, D] at positions start.. (start = cache.length, or 0) -> [B, T, D].
 
-        cos/sin [T, K/2] are the rotary tables of those positions. With a cache, the new keys and
+        cos/sin [T, K] are the rotary tables of those positions. With a cache, the new keys and
         values are written into layer `layer`'s slots and attention reads positions [0, start + T).
         """
         B, T, D = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim)  # [B, T, 3, H, K]
-        qk = apply_rope(qkv[:, :, :2], cos, sin)  # [B, T, 2, H, K]: q and k rotated together
-        q = qk[:, :, 0].transpose(1, 2)  # [B, H, T, K]
-        k = qk[:, :, 1].transpose(1, 2)  # [B, H, T, K]
-        v = qkv[:, :, 2].transpose(1, 2)  # [B, H, T, K]
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, T, K]
+        q, k = apply_rope(qkv[:2], cos, sin).unbind(0)  # each [B, H, T, K]: q and k rotated together
+        v = qkv[2]  # [B, H, T, K]
         start = 0
         if cache is not None:
             start = cache.length
-            cache.k[layer, :, :, start : start + T] = k
-            cache.v[layer, :, :, start : start + T] = v
-            k = cache.k[layer, :, :, : start + T]  # [B, H, S, K]
-            v = cache.v[layer, :, :, : start + T]  # [B, H, S, K]
+            cache.k[layer].narrow(2, start, T).copy_(k)
+            cache.v[layer].narrow(2, start, T).copy_(v)
+            k = cache.k[layer].narrow(2, 0, start + T)  # [B, H, S, K]
+            v = cache.v[layer].narrow(2, 0, start + T)  # [B, H, S, K]
         mask = causal_mask(start, T, k.shape[2], x.device)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)  # [B, H, T, K]
-        y = y.transpose(1, 2).reshape(B, T, D)  # [B, T, D]
-        return self.dropout(self.proj(y))
+        y = self.proj(y.transpose(1, 2).reshape(B, T, D))  # [B, T, D]
+        return F.dropout(y, self.dropout, self.training)
 
 
 class MLP(nn.Module):
@@ -243,7 +249,7 @@ class MLP(nn.Module):
         F_ = cfg.hidden_dim
         self.up = nn.Linear(cfg.d_model, 2 * F_ if self.swiglu else F_, bias=False)  # [gate; up] for SwiGLU
         self.down = nn.Linear(F_, cfg.d_model, bias=False)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, D] -> [B, T, D]"""
@@ -253,7 +259,7 @@ class MLP(nn.Module):
             h = F.silu(gate) * up
         else:
             h = F.gelu(h, approximate="tanh")
-        return self.dropout(self.down(h))
+        return F.dropout(self.down(h), self.dropout, self.training)
 
 
 class Block(nn.Module):
@@ -288,8 +294,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         cos, sin = rope_tables(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)  # [S_max, K/2]
-        self.register_buffer("rope_sin", sin, persistent=False)  # [S_max, K/2]
+        self.register_buffer("rope_cos", cos, persistent=False)  # [S_max, K]
+        self.register_buffer("rope_sin", sin, persistent=False)  # [S_max, K]
         self.tokenizer = None
         self.meta: dict = {}
         self.apply(self._init_weights)
@@ -326,7 +332,7 @@ class GPT(nn.Module):
             raise ValueError(f"context of {start} + {T} tokens exceeds the model's {limit} positions")
         if cache is not None and cache.batch_size != B:
             raise ValueError(f"cache holds batch size {cache.batch_size}, tokens have {B}")
-        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # [T, K/2]
+        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # [T, K]
         x = self.embed(tokens)  # [B, T, D]
         for layer, block in enumerate(self.blocks):
             x = block(x, cos, sin, cache, layer)
@@ -363,6 +369,34 @@ class GPT(nn.Module):
                 raise ValueError(f"{path}: tokenizer has {model.tokenizer.vocab_size} ids, model expects {cfg.vocab_size}")
         model.meta = payload["meta"]
         return model.to(map_location).eval()
+
+
+def quantize_int8(model: GPT) -> GPT:
+    """A copy of `model` whose Linear layers hold int8 weights (PyTorch dynamic quantization).
+
+    Decoding one token reads every weight once, so on a CPU whose caches cannot hold the fp32
+    weights it is memory-bound: int8 weights (a quarter of the bytes) decode about twice as fast
+    (bench/llm.py). Activations are quantized per call (so, unlike fp32, logits also shift a
+    little with how a prompt is split between calls); the tied embedding / output layer stays
+    fp32. Outputs differ slightly from the fp32 model: its scores are measured separately
+    (MODEL_CARD.md). Uses `torch.ao.quantization.quantize_dynamic`, which PyTorch marks as
+    deprecated in favour of torchao; a PyTorch without it raises a clear error.
+    """
+    import warnings
+
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as exc:  # pragma: no cover - depends on the PyTorch build
+        raise ValueError(f"this PyTorch ({torch.__version__}) has no dynamic int8 quantization: {exc}") from None
+    tokenizer, model.tokenizer = model.tokenizer, None  # the copy shares the tokenizer (not deep-copyable)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the deprecation notices of torch.ao.quantization
+            quantized = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=False)
+    finally:
+        model.tokenizer = tokenizer
+    quantized.tokenizer = tokenizer
+    return quantized.eval()
 
 
 # ---------------------------------------------------------------------------------------

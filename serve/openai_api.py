@@ -291,7 +291,7 @@ def run_serve_llm(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        backend = LocalBackend.from_checkpoint(args.checkpoint or default_checkpoint(), threads=args.threads)
+        backend = LocalBackend.from_checkpoint(args.checkpoint or default_checkpoint(), threads=args.threads, int8=args.int8)
     except (ValueError, OSError) as exc:
         print(f"minivox serve-llm: {exc}", file=sys.stderr)
         return 2
@@ -317,4 +317,5 @@ def register(subparsers) -> None:
     p.add_argument("--model-name", default="minivox-llm", help="the model id clients ask for")
     p.add_argument("--max-tokens", type=int, default=128, help="reply length when a request gives none")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--int8", action="store_true", help="int8 weights (about 2x faster decoding on a CPU)")
     p.set_defaults(func=run_serve_llm)

@@ -42,7 +42,7 @@ from minivox.chat import (END_TOKEN, IGNORE_INDEX, ChatTemplate, format_tool_cal
                           train_chat_tokenizer)
 from minivox.config import load_config
 from minivox.data import dialogues as dialogue_data
-from minivox.llm import GPT, GPTConfig, SamplingConfig, generate
+from minivox.llm import GPT, GPTConfig, SamplingConfig, generate, quantize_int8
 from minivox.text import Tokenizer
 from minivox.train.common import (JSONLLogger, ResumableBatches, cleanup_distributed, init_distributed,
                                   load_training_state, lr_factor, parse_train_args, save_training_state,
@@ -278,12 +278,14 @@ def run_evaluate(args) -> int:
     """--evaluate CHECKPOINT: scores on a dialogue split, printed as JSON (failures to --failures)."""
     torch.set_num_threads(args.threads)
     model = GPT.from_checkpoint(args.evaluate)
+    if args.int8:
+        model = quantize_int8(model)
     template = ChatTemplate(model.tokenizer)
     dialogues = read_jsonl(Path(args.dialogues_dir) / f"dialogues_{args.split}.jsonl")[: args.limit or None]
     start = time.time()
     scores = evaluate_dialogues(model, template, dialogues, progress=True)
     failures = scores.pop("failures")
-    scores.update(split=args.split, dialogues=len(dialogues), seconds=round(time.time() - start, 1))
+    scores.update(split=args.split, dialogues=len(dialogues), int8=args.int8, seconds=round(time.time() - start, 1))
     print(json.dumps(scores, indent=1))
     if args.failures:
         Path(args.failures).write_text("\n".join(json.dumps(f) for f in failures) + "\n", encoding="utf-8")
@@ -306,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--limit", type=int, default=0, help="first N dialogues only (0 = all)")
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--failures", help="write the failed turns here (JSONL)")
+        p.add_argument("--int8", action="store_true", help="score the int8-weight model (minivox.llm.quantize_int8)")
         return run_evaluate(p.parse_args(argv))
 
     args = parse_train_args(__doc__, "configs/llm_demo.toml", argv)
