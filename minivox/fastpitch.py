@@ -18,9 +18,11 @@ pitches (teacher forcing). Inference uses the predictors.
 
 Module names and parameter shapes follow NeMo's FastPitchModule (`encoder.layers.0.dec_attn.qkv_net`,
 `pos_ff.CoreNet.0`, `duration_predictor.layers.0.conv`, `pitch_emb`, `proj`, `aligner.key_proj.0`)
-where that costs nothing. Two deliberate differences, both for padding invariance (a batch row
-equals the item run alone, tested): the predictors mask padding between their conv layers, and the
-aligner masks its inputs.
+where that costs nothing. Three deliberate differences, all for padding invariance (a batch row
+equals the item run alone, tested): the conv feed-forward re-zeroes padding between its two convs
+(NeMo's does not, so there the last k // 2 symbols of a shorter item see the hidden layer's bias
+from the padding), the predictors do the same between their conv layers, and the aligner masks
+its inputs.
 
 Pitch is in Hz per mel frame from minivox.pitch (0 = unvoiced), averaged over the voiced frames
 of each symbol and normalised with the corpus mean and std stored in the config.
@@ -246,9 +248,12 @@ class ConvFeedForward(nn.Module):
         )
         self.layer_norm = nn.LayerNorm(cfg.d_model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, T, D] (zeros at padding) -> [B, T, D]."""
-        return self.layer_norm(x + self.CoreNet(x.transpose(1, 2)).transpose(1, 2))  # convs over [B, D, T]
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x [B, T, D] (zeros at padding), mask [B, T] -> [B, T, D]."""
+        conv1, relu, conv2, dropout = self.CoreNet
+        keep = mask[:, None, :].to(x.dtype)  # [B, 1, T]
+        hidden = relu(conv1(x.transpose(1, 2))) * keep  # [B, d_inner, T]; re-zeroed so conv2 reads no padding
+        return self.layer_norm(x + dropout(conv2(hidden)).transpose(1, 2))
 
 
 class FFTBlock(nn.Module):
@@ -263,7 +268,7 @@ class FFTBlock(nn.Module):
         """x [B, T, D], mask [B, T] -> [B, T, D]."""
         keep = mask[..., None].to(x.dtype)  # [B, T, 1]
         x = self.dec_attn(x, mask) * keep
-        return self.pos_ff(x) * keep
+        return self.pos_ff(x, mask) * keep
 
 
 class FFTransformer(nn.Module):
@@ -458,10 +463,10 @@ class FastPitch(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.n_mels)
         self.aligner = AlignmentEncoder(cfg)
 
-    def _check_text(self, text: torch.Tensor, text_lens: torch.Tensor) -> None:
-        if text.ndim != 2 or text_lens.shape != (text.shape[0],):
+    def _check_text(self, text: torch.Tensor, text_lens: torch.Tensor | None) -> None:
+        if text.ndim != 2 or text_lens is None or text_lens.shape != (text.shape[0],):
             raise ValueError(f"FastPitch: expected text [B, N] and text_lens [B], got {tuple(text.shape)}, "
-                             f"{tuple(text_lens.shape)}")
+                             f"{None if text_lens is None else tuple(text_lens.shape)}")
         if text.numel() and (int(text.min()) < 0 or int(text.max()) >= self.cfg.n_symbols):
             raise ValueError(f"FastPitch: symbol ids must be in [0, {self.cfg.n_symbols}), got "
                              f"[{int(text.min())}, {int(text.max())}]")
@@ -517,7 +522,7 @@ class FastPitch(nn.Module):
               pitch_shift: float = 0.0) -> FastPitchInference:
         """Synthesise log-mels from symbol ids [B, N] (lengths [B]; None = all N). pace > 1 speaks
         faster; pitch_shift adds Hz to every predicted pitch."""
-        if text_lens is None:
+        if text_lens is None and text.ndim == 2:
             text_lens = torch.full((text.shape[0],), text.shape[1], dtype=torch.long, device=text.device)
         self._check_text(text, text_lens)
         encoded, text_mask = self.encoder(text, text_lens)
