@@ -503,9 +503,12 @@ class TokenStream:
         self.cache = cache if cache is not None else model.new_cache()
         if self.cache.batch_size != 1:
             raise ValueError(f"generate streams one sequence: the cache must have batch size 1, got {self.cache.batch_size}")
-        if generator is None:
+        if generator is None and sampling.temperature > 0:  # greedy draws nothing
             generator = torch.Generator(device=model.embed.weight.device)
-            generator.manual_seed(sampling.seed if sampling.seed is not None else int(torch.randint(2**62, ()).item()))
+            if sampling.seed is not None:
+                generator.manual_seed(sampling.seed)
+            else:
+                generator.seed()  # from the OS, leaving torch's global random state alone
         self.generator = generator
         self.banned = torch.tensor(sorted(set(banned_tokens)), dtype=torch.long)
         self.completion_ids: list[int] = []

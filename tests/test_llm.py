@@ -309,3 +309,73 @@ def test_int8_model_stays_close_to_fp32_and_keeps_the_cache_contract():
     # activations are quantized per call, so chunking changes logits a little (not bit for bit as in fp32)
     assert (chunked - full).abs().max() < 0.02 * full.abs().max()
     assert (full - ref).abs().max() < 0.05 * ref.abs().max()  # int8 weights: small relative error
+
+
+# ---- training script ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llm_data(tmp_path_factory):
+    """A small sentence corpus and dialogue splits in the formats of `minivox data text/dialogues`."""
+    import json
+
+    from minivox.data.dialogues import LLMDataConfig, generate_dialogues
+
+    root = tmp_path_factory.mktemp("llm_data")
+    words = "the a cat dog sat ran on under big small red blue house tree quickly slowly".split()
+    rng = __import__("random").Random(0)
+    with open(root / "sentences.jsonl", "w") as f:
+        for _ in range(400):
+            text = " ".join(rng.choice(words) for _ in range(rng.randint(3, 9))).capitalize() + "."
+            f.write(json.dumps({"text": text, "source": "test"}) + "\n")
+    cfg = LLMDataConfig()
+    cfg.dialogues.chatterbot_prob = 0.0
+    for split, n in (("train", 80), ("dev", 6)):
+        with open(root / f"dialogues_{split}.jsonl", "w") as f:
+            for row in generate_dialogues(cfg, split, n, log=lambda m: None):
+                f.write(json.dumps(row) + "\n")
+    return root
+
+
+def test_training_resume_is_exact_across_the_phase_boundary(llm_data, tmp_path):
+    """6 straight steps == 4 steps, stop, --resume, 2 more (pre-training 3 + SFT 3): same weights, bit for bit."""
+    from minivox.train.llm import main
+
+    common = [f"data.sentences={llm_data / 'sentences.jsonl'}",
+              f"data.dialogues_dir={llm_data}", "pretrain.steps=3", "sft.steps=3", "pretrain.batch_tokens=256",
+              "sft.batch_tokens=1024", "eval_dialogues=1", "data.max_sentences=0"]
+    config = ["--config", "configs/llm_tiny.toml"]
+    assert main(config + ["--out", str(tmp_path / "straight")] + common) == 0
+    assert main(config + ["--out", str(tmp_path / "split")] + common + ["stop_at=4"]) == 0
+    assert GPT.from_checkpoint(tmp_path / "split" / "llm.pt").meta["step"] == 4
+    assert main(config + ["--out", str(tmp_path / "split"), "--resume", str(tmp_path / "split" / "state.pt")] + common) == 0
+    straight = GPT.from_checkpoint(tmp_path / "straight" / "llm.pt")
+    resumed = GPT.from_checkpoint(tmp_path / "split" / "llm.pt")
+    assert straight.tokenizer == resumed.tokenizer and resumed.meta["step"] == 6
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    log = [__import__("json").loads(line) for line in open(tmp_path / "split" / "log.jsonl")]
+    evals = [r for r in log if r["kind"] == "eval"]
+    assert {"heldout_ppl", "dev_sft_loss", "tool_call_accuracy", "answer_accuracy"} <= set(evals[-1])
+
+
+def test_sft_targets_are_assistant_tokens_only(llm_data):
+    import json
+
+    from minivox.chat import IGNORE_INDEX, ChatTemplate, train_chat_tokenizer
+    from minivox.train.llm import collate, encode_dialogues, length_batches
+
+    dialogues = [json.loads(line) for line in open(llm_data / "dialogues_train.jsonl")]
+    tok = train_chat_tokenizer([m["content"] for d in dialogues for m in d["messages"] if m["content"]], 400)
+    template = ChatTemplate(tok)
+    ids, targets, dropped = encode_dialogues(template, dialogues, 10_000)
+    assert dropped == 0 and len(ids) == len(dialogues)
+    batches = length_batches([len(x) for x in ids], 2048)
+    assert sorted(i for b in batches for i in b) == list(range(len(ids)))
+    assert all(len(b) * max(len(ids[i]) for i in b) <= 2048 or len(b) == 1 for b in batches)
+    x, y = collate(ids, targets, batches[0])
+    for row, i in enumerate(batches[0]):
+        trained = [t for t in y[row].tolist() if t != IGNORE_INDEX]
+        assistant = [t for m in dialogues[i]["messages"] if m["role"] == "assistant"
+                     for t in template.encode_message(m)[1:]]
+        assert trained == assistant

@@ -95,6 +95,7 @@ class TrainLLMConfig:
     eval_dialogues: int = 40  # dev dialogues for the periodic tool-call accuracy
     checkpoint_every: int = 200  # steps between state.pt writes
     export: str = ""  # fp16 inference checkpoint written at the end (e.g. minivox/pretrained/llm_demo.pt)
+    stop_at: int = 0  # stop after this many steps (state saved, resumable); 0 = run to the end
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +133,9 @@ def pack_sentences(tokenizer: Tokenizer, texts: list[str], seq_len: int, end_id:
     stream: list[int] = []
     for text in texts:
         stream += tokenizer.encode(text) + [end_id]
-    n = (len(stream) - 1) // seq_len
+    n = max(0, len(stream) - 1) // seq_len
+    if n == 0:
+        return torch.zeros(0, seq_len + 1, dtype=torch.long)
     data = torch.tensor(stream[: n * seq_len + 1], dtype=torch.long)
     return data.unfold(0, seq_len + 1, seq_len)  # [N, seq_len + 1]: row i starts at i * seq_len
 
@@ -418,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     model.train()
     tokens_seen, window_start = 0, time.time()
     try:
-        while step < total_steps and not stop["now"]:
+        while step < total_steps and not stop["now"] and not (cfg.stop_at and step >= cfg.stop_at):
             if step < cfg.pretrain.steps:
                 rows = pre_rows[next(pre_stream)]  # [B, L + 1]
                 x, y = rows[:, :-1], rows[:, 1:]
