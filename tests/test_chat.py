@@ -354,3 +354,26 @@ def test_import_minivox_chat_is_light():
     code = "import sys, minivox.chat; print(sorted(m for m in ('torch', 'sentencepiece', 'numpy', 'numba') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_chat_command_once_streams_the_local_model_reply(local_backend, template, tmp_path, capsys):
+    import argparse
+
+    from minivox.chat import register
+
+    path = local_backend.model.save(tmp_path / "tiny.pt")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["chat", "--checkpoint", str(path), "--once", "what time is it", "--max-tokens", "12"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out.strip()
+    expected = local_backend.template  # the same model, greedy
+    messages = [{"role": "system", "content": __import__("minivox.chat").chat.SYSTEM_PROMPT},
+                {"role": "user", "content": "what time is it"}]
+    sampling = SamplingConfig(temperature=0.0, max_tokens=12, stop_tokens=(template.end_id,))
+    ids = list(generate(local_backend.model, expected.encode_prompt(messages), sampling))
+    text, calls = template.decode_reply(ids)
+    assert calls is None and printed == text.strip()  # (this seeded tiny model answers in text)
+    bad = parser.parse_args(["chat", "--backend", "openai", "--once", "hi"])
+    assert bad.func(bad) == 2  # --base-url and --model missing: a clear message, not a traceback
+    assert "--base-url" in capsys.readouterr().err
