@@ -19,6 +19,22 @@ Prints two markdown tables.
    has its blank bias set so that greedy search emits about one token per four frames (~3 per
    second, as a trained model on speech); decoding cost depends on that rate.
 
+3. Quality (with --checkpoint and --eval MANIFEST, repeatable; --pocketsphinx adds Debian's
+   recorded test speech): WER of offline greedy and modified beam search (--beam), and, for
+   manifests with `trail_silence` (the synthesised corpora), end-of-utterance detection by the
+   streaming transcriber: each utterance streamed with EOU_TAIL_S of silence appended, an
+   `<EOU>` result counts as a detection at its `audio_time`, scored against the end of speech
+   (duration - trail_silence) by minivox.metrics.eou_metrics (precision, recall, latency
+   p50/p90); backchannel rows are scored apart (how often they end in `<EOB>` and never `<EOU>`).
+
+       .venv/bin/python bench/asr.py --skip-encoder --checkpoint minivox/pretrained/asr_demo.pt \
+           --eval data/asr/test.jsonl --pocketsphinx --beam 4
+
+   --pocketsphinx reads /usr/share/pocketsphinx/test/data (apt install pocketsphinx-testdata):
+   cards/001-005.wav, librivox/sense_and_sensibility_01_austen_64kb-0870..0930.wav and
+   goforward.raw ("go forward ten meters"), 11 recordings of real speech with their reference
+   transcripts; never used for training.
+
 The machine is shared: the load average is printed with the tables; rerun on a quiet machine.
 """
 
@@ -150,6 +166,82 @@ def bench_streaming(model, audio: np.ndarray, chunk_ms: int = 80) -> dict:
             "chunk_ms": chunk_s * 1e3, "chars": len("".join(text))}
 
 
+# ---------------------------------------------------------------------------------------
+# Quality: WER and end-of-utterance detection.
+# ---------------------------------------------------------------------------------------
+
+EOU_TAIL_S = 2.0  # silence appended to each utterance when scoring EOU detection (the model's pause to decide)
+EOU_MAX_LATENCY_S = 2.0  # a detection later than this after the end of speech is late (a miss)
+POCKETSPHINX_DATA = Path("/usr/share/pocketsphinx/test/data")
+GOFORWARD_TEXT = "go forward ten meters"  # pocketsphinx's own test transcript for goforward.raw
+
+
+def pocketsphinx_rows(root: Path = POCKETSPHINX_DATA) -> list[dict]:
+    """Debian pocketsphinx-testdata's recordings with transcripts, as manifest rows (audio loaded: `pcm`)."""
+    import re
+
+    from minivox.audio import read_wav
+
+    if not root.is_dir():
+        raise SystemExit(f"{root} is missing: apt install pocketsphinx-testdata")
+    rows = []
+    for folder, transcripts in (("cards", "cards.transcription"), ("librivox", "transcription")):
+        for line in (root / folder / transcripts).read_text().splitlines():
+            match = re.match(r"<s>(.*)</s>\s*\((.+)\)", line.strip())
+            if match:
+                path = root / folder / f"{match.group(2)}.wav"
+                pcm, rate = read_wav(path, mono=True)
+                assert rate == 16000, (path, rate)
+                rows.append({"audio_filepath": str(path), "text": " ".join(match.group(1).split()), "pcm": pcm})
+    raw = np.frombuffer((root / "goforward.raw").read_bytes(), dtype="<i2").astype(np.float32) / 32768  # 16 kHz PCM16
+    rows.append({"audio_filepath": str(root / "goforward.raw"), "text": GOFORWARD_TEXT, "pcm": raw})
+    return rows
+
+
+def manifest_rows(path: str, limit: int) -> list[dict]:
+    """Rows of a manifest (every k-th when `limit` is smaller), audio loaded as `pcm` at 16 kHz."""
+    from minivox.data.manifest import read_manifest
+    from minivox.train.asr import load_audio
+
+    rows = read_manifest(path)
+    if 0 < limit < len(rows):
+        rows = [rows[k * len(rows) // limit] for k in range(limit)]
+    return [{**r, "pcm": load_audio(r["audio_filepath"], 16000)} for r in rows]
+
+
+def eval_wer(model, rows: list[dict], beam: int) -> float:
+    from minivox.metrics import word_error_rate
+
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["pcm"]))  # similar lengths batch well
+    hyps = model.transcribe([rows[i]["pcm"] for i in order], beam_size=beam)
+    return word_error_rate([rows[i]["text"] for i in order], [h.text for h in hyps]).rate
+
+
+def eval_eou(model, rows: list[dict]) -> dict:
+    """Stream each utterance (+ EOU_TAIL_S of silence) -> EOU precision/recall/latency, EOB accuracy."""
+    from minivox.asr import StreamingTranscriber
+    from minivox.metrics import eou_metrics
+
+    transcriber = StreamingTranscriber(model)
+    step = 1280  # 80 ms
+    ends, detections, backchannel_ok, backchannels = [], [], 0, 0
+    tail = np.zeros(int(EOU_TAIL_S * 16000), np.float32)
+    for r in rows:
+        audio = np.concatenate([r["pcm"], tail])
+        results = [x for i in range(0, audio.size, step) for x in transcriber.step(audio[i:i + step])]
+        results += transcriber.flush()
+        eou = [x.audio_time for x in results if x.eou_latency is not None]
+        if r.get("backchannel"):
+            backchannels += 1
+            backchannel_ok += not eou and any(x.eob_latency is not None for x in results)
+        else:
+            ends.append(r["duration"] - r["trail_silence"])
+            detections.append(eou)
+    scores = eou_metrics(ends, detections, max_latency=EOU_MAX_LATENCY_S)
+    return {"eou": scores, "backchannels": backchannels,
+            "eob_accuracy": backchannel_ok / backchannels if backchannels else float("nan")}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-threads", type=int, default=2, help="threads for the training step (default 2)")
@@ -157,7 +249,18 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", help="stream this ASR checkpoint instead of a random-init demo model")
     parser.add_argument("--audio", help="a WAV file to stream (default: 30 s of synthetic bursts)")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the synthetic stream")
-    parser.add_argument("--skip-encoder", action="store_true", help="only the streaming table")
+    parser.add_argument("--skip-encoder", action="store_true", help="only the streaming (and quality) tables")
+    parser.add_argument("--manifest", help="stream the first --utterances rows of this manifest, one after another "
+                        "(real speech; instead of --audio)")
+    parser.add_argument("--utterances", type=int, default=20, help="rows streamed with --manifest (default 20)")
+    parser.add_argument("--eval", action="append", default=[], metavar="MANIFEST",
+                        help="quality table: WER (greedy, beam) and EOU detection on this manifest (repeatable)")
+    parser.add_argument("--eval-limit", type=int, default=0, help="score every k-th row, this many (0: all)")
+    parser.add_argument("--eou-limit", type=int, default=400, help="rows streamed for EOU scoring (0: all)")
+    parser.add_argument("--pocketsphinx", action="store_true",
+                        help="quality table row for Debian's pocketsphinx-testdata recordings (real speech)")
+    parser.add_argument("--beam", type=int, default=4, help="beam size of the beam-search WER (default 4)")
+    parser.add_argument("--eval-threads", type=int, default=2, help="threads for the offline WER decoding")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average before: "
@@ -179,6 +282,11 @@ def main(argv=None) -> int:
         from minivox.audio import read_wav, resample
         audio, rate = read_wav(args.audio, mono=True)
         audio = np.asarray(resample(audio, rate, 16000) if rate != 16000 else audio, dtype=np.float32)
+    elif args.manifest:
+        from minivox.data.manifest import read_manifest
+        from minivox.train.asr import load_audio
+        audio = np.concatenate([load_audio(r["audio_filepath"], 16000)
+                                for r in read_manifest(args.manifest)[:args.utterances]])
     else:
         audio = synthetic_audio(args.seconds)
     r = bench_streaming(model, audio)
@@ -190,6 +298,31 @@ def main(argv=None) -> int:
           f"| {r['chunk_ms'] / 2:.0f} / {r['chunk_ms']:.0f} ms |")
     print(f"\n{audio.size / 16000:.1f} s streamed in 80 ms chunks; {r['chars']} characters of text; "
           f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+    sets = [(Path(m).name, lambda m=m: manifest_rows(m, args.eval_limit)) for m in args.eval]
+    if args.pocketsphinx:
+        sets.append(("pocketsphinx-testdata (real speech)", pocketsphinx_rows))
+    if sets:
+        if not args.checkpoint:
+            raise SystemExit("--eval / --pocketsphinx need --checkpoint")
+        print(f"\n| set | utterances | WER greedy | WER beam {args.beam} | EOU precision / recall | "
+              "EOU latency p50 / p90 | backchannels ending in <EOB> |")
+        print("|---|---|---|---|---|---|---|")
+        for name, load in sets:
+            rows = load()
+            torch.set_num_threads(args.eval_threads)
+            greedy, beam = eval_wer(model, rows, 1), eval_wer(model, rows, args.beam)
+            eou_cells = "- | - | -"
+            if rows and "trail_silence" in rows[0]:
+                torch.set_num_threads(1)
+                chosen = rows if not 0 < args.eou_limit < len(rows) else \
+                    [rows[k * len(rows) // args.eou_limit] for k in range(args.eou_limit)]
+                e = eval_eou(model, chosen)
+                score = e["eou"]
+                eou_cells = (f"{score.precision:.3f} / {score.recall:.3f} ({score.num_utterances}) | "
+                             f"{score.latency_p50 * 1e3:.0f} / {score.latency_p90 * 1e3:.0f} ms | "
+                             f"{e['eob_accuracy']:.2f} ({e['backchannels']})")
+            print(f"| {name} | {len(rows)} | {100 * greedy:.2f}% | {100 * beam:.2f}% | {eou_cells} |", flush=True)
     return 0
 
 

@@ -495,6 +495,7 @@ class StreamingTranscriber:
         self.track_ids = [i if i is not None else model.blank_id for i in (self.eou_id, self.eob_id)]
         self.sample_rate = model.cfg.features.sample_rate
         self.state = self.initial_state()
+        self.stream_hypothesis: Hypothesis | None = None  # the last finished stream (set by `flush`)
 
     def initial_state(self) -> TranscriberState:
         model = self.model
@@ -531,12 +532,16 @@ class StreamingTranscriber:
 
     @torch.no_grad()
     def flush(self) -> list[ASRResult]:
-        """End the stream: encode what is left, end the utterance, reset. Returns the last results."""
+        """End the stream: encode what is left, end the utterance, reset. Returns the last results.
+
+        Afterwards `stream_hypothesis` holds the finished stream's tokens with their frames
+        (`text`, `words`), e.g. for word timestamps of a transcribed file."""
         st = self.state
         st.pending = torch.cat([st.pending, st.features.flush()], dim=1)
         results = self._run(last=True)
         if st.sent_text or len(st.decoder.hyps[0].y_sequence) > st.utterance_start:
             results.append(ASRResult("", True, 0.0, 0.0, audio_time=self._audio_time()))
+        self.stream_hypothesis = self.model._finish(st.decoder.hyps[0])
         self.reset()
         return results
 
