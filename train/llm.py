@@ -6,6 +6,7 @@ fine-tuning (SFT) on chat dialogues with the loss on assistant tokens only.
     python -m minivox.train.llm --config configs/llm_demo.toml --out runs/llm_demo --resume runs/llm_demo/state.pt
     torchrun --standalone --nproc_per_node=2 -m minivox.train.llm --config configs/llm_base.toml
     python -m minivox.train.llm --evaluate minivox/pretrained/llm_demo.pt --split test    # scores only
+    python -m minivox.train.llm --evaluate minivox/pretrained/llm_demo.pt --samples       # small-talk samples
 
 One run is: tokenizer (trained once, saved as {out}/tokenizer.model and reused on resume) ->
 `pretrain.steps` steps of next-token prediction on packed sentences -> `sft.steps` steps on
@@ -277,6 +278,19 @@ def mean_loss(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> f
     return total / max(1, count)
 
 
+SMALL_TALK = ["hello", "how are you doing today", "who are you", "what can you do", "tell me a joke",
+              "do you like music", "what is your favorite food", "I'm feeling a bit tired today",
+              "thanks, that was helpful", "good night"]  # the model card's sample exchanges
+
+
+def small_talk_samples(model: GPT, prompts: list[str] = SMALL_TALK) -> list[tuple[str, str]]:
+    """(prompt, reply) for each prompt, each in a fresh conversation, greedy, demo tools offered."""
+    from minivox.chat import Assistant, LocalBackend, demo_tools
+
+    backend = LocalBackend(model)
+    return [(p, Assistant(backend, demo_tools()).reply_text(p)) for p in prompts]
+
+
 def run_evaluate(args) -> int:
     """--evaluate CHECKPOINT: scores on a dialogue split, printed as JSON (failures to --failures)."""
     torch.set_num_threads(args.threads)
@@ -284,6 +298,10 @@ def run_evaluate(args) -> int:
     if args.int8:
         model = quantize_int8(model)
     template = ChatTemplate(model.tokenizer)
+    if args.samples:
+        for prompt, reply in small_talk_samples(model):
+            print(f"> {prompt}\n{reply}\n")
+        return 0
     dialogues = read_jsonl(Path(args.dialogues_dir) / f"dialogues_{args.split}.jsonl")[: args.limit or None]
     start = time.time()
     scores = evaluate_dialogues(model, template, dialogues, progress=True)
@@ -312,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--failures", help="write the failed turns here (JSONL)")
         p.add_argument("--int8", action="store_true", help="score the int8-weight model (minivox.llm.quantize_int8)")
+        p.add_argument("--samples", action="store_true", help="print ten small-talk exchanges instead of scoring")
         return run_evaluate(p.parse_args(argv))
 
     args = parse_train_args(__doc__, "configs/llm_demo.toml", argv)
