@@ -485,9 +485,10 @@ class ToolRegistry:
     def openai_schemas(self) -> list[dict]:
         return [tool.openai_schema() for tool in self.tools.values()]
 
-    def call(self, call: ToolCall) -> dict:
-        """Validate and run one call; returns its JSON result (a non-dict result is wrapped as
-        {"result": value}). Raises ToolError (kinds: malformed, unknown, invalid, error, timeout)."""
+    def call(self, call: ToolCall) -> tuple[dict, dict]:
+        """Validate and run one call; returns (the validated arguments, the JSON result; a non-dict
+        result is wrapped as {"result": value}). Raises ToolError (kinds: malformed, unknown,
+        invalid, error, timeout)."""
         if not call.name:
             raise ToolError("malformed", f"could not read a tool call from {call.arguments[:80]!r}")
         if call.name not in self.tools:
@@ -501,7 +502,7 @@ class ToolRegistry:
             json.dumps(result)
         except (TypeError, ValueError) as exc:
             raise ToolError("error", f"{call.name} returned a result that is not JSON: {exc}") from None
-        return result
+        return arguments, result
 
 
 # The demo tools. Their results come from minivox.data.dialogues.run_tool, the executor that
@@ -960,21 +961,20 @@ class Assistant:
             if not calls:
                 self.context.add_assistant("".join(reply).strip() or "...")
                 return
-            results = []
+            done = []  # (name, validated arguments, result)
             for call in calls:
                 try:
-                    result = self.tools.call(call)
+                    arguments, result = self.tools.call(call)
                 except ToolError as exc:
                     log.warning("tool call %s(%s) failed (%s): %s", call.name or "?", call.arguments[:80], exc.kind, exc)
                     yield TurnEvent(tool_call={"name": call.name, "arguments": call.arguments, "error": str(exc)})
                     yield from self._apologise(exc.kind, already="".join(reply))
                     return
-                results.append((call, result))
+                done.append((call.name, arguments, result))
                 yield TurnEvent(tool_call={"name": call.name, "arguments": call.arguments, "result": result})
-            self.context.add_assistant("".join(reply).strip(), [{"name": c.name, "arguments": json.loads(c.arguments)}
-                                                                for c, _ in results])
-            for call, result in results:
-                self.context.add_tool_result(call.name, result)
+            self.context.add_assistant("".join(reply).strip(), [{"name": n, "arguments": a} for n, a, _ in done])
+            for name, _, result in done:
+                self.context.add_tool_result(name, result)
         yield from self._apologise("rounds")
 
     def _apologise(self, kind: str, already: str = "") -> Iterator[TurnEvent]:

@@ -192,7 +192,7 @@ def test_demo_tools_results_and_safe_calculator():
     from minivox.chat import Timers
 
     tools = demo_tools(now=lambda: dt.datetime(2024, 3, 15, 14, 5), timers=Timers(on_done=fired.append))
-    call = lambda name, args: tools.call(ToolCall(name, json.dumps(args)))  # noqa: E731
+    call = lambda name, args: tools.call(ToolCall(name, json.dumps(args)))[1]  # noqa: E731
     assert call("get_time", {}) == {"time": "2:05 PM"}
     assert call("get_date", {}) == {"weekday": "Friday", "date": "March 15, 2024"}
     assert call("calculator", {"expression": "17 * 23"}) == {"result": 391}
@@ -268,7 +268,10 @@ def test_tool_round_trip_feeds_the_result_back():
     validate_dialogue({"messages": assistant.context.messages(), "split": "train", "template": "t"})
 
 
-def test_non_dict_tool_results_are_wrapped():
+def test_non_dict_tool_results_are_wrapped_and_empty_arguments_mean_none():
+    backend = ScriptedBackend([[ToolCall("get_time", "", "c0")], "Noon."])
+    assert Assistant(backend, demo_tools()).reply_text("time") == "Noon."
+    assert backend.seen[1][-2]["tool_calls"] == [{"name": "get_time", "arguments": {}}]
     backend = ScriptedBackend([[ToolCall("add", '{"a": 2, "b": 3}', "c1")], "Five."])
     assistant = Assistant(backend, make_tools())
     assert assistant.reply_text("add") == "Five."
