@@ -21,6 +21,18 @@ minivox loads the bundled demo checkpoints (or --fastpitch/--hifigan); without t
 randomly initialised models of the demo sizes (speed only; the sentence lengths then come from
 an untrained duration predictor set to 4.5 frames per symbol, about Piper joe's speaking rate).
 This file imports only the standard library at the top, so the Piper venv can run it as a worker.
+
+Intelligibility (issue 6's bar): --intelligibility MANIFEST synthesises the first --limit sentences
+of a held-out manifest of Piper's speech (data_tts's test split: the same sentences Piper spoke)
+with minivox, and recognises both with pocketsphinx (PyPI `pocketsphinx`, its bundled US English
+acoustic model and language model) and, with --asr, the minivox ASR model. Every recording is
+levelled to the corpus's -23 dBFS RMS and resampled to 16 kHz first. Run it with a Python that has
+pocketsphinx and minivox (e.g. the data venv):
+
+    /work/data-venv/bin/python bench/tts.py --intelligibility /work/data/tts/test.jsonl \
+        --fastpitch runs/fastpitch_demo/last.pt --hifigan runs/hifigan_demo/last.pt --asr runs/asr_demo/best.pt
+
+The bar: pocketsphinx's WER on minivox speech at most 1.5 x its WER on Piper's speech.
 """
 
 from __future__ import annotations
@@ -116,6 +128,71 @@ def run_worker(python: str, system: str, args) -> dict:
 
 
 # ---------------------------------------------------------------------------
+# Intelligibility: WER of pocketsphinx (and the minivox ASR) on minivox vs Piper speech
+# ---------------------------------------------------------------------------
+
+LEVEL_DBFS = -23.0  # the TTS corpus's loudness (configs/data_tts.toml), applied to every recording
+
+
+def intelligibility(args) -> int:
+    import numpy as np
+    from pocketsphinx import Decoder
+
+    from minivox.audio import read_wav, resample, write_wav
+    from minivox.data.manifest import read_manifest
+    from minivox.metrics import word_error_rate
+    from minivox.tts import TTS
+
+    rows = read_manifest(args.intelligibility)[: args.limit]
+    tts = TTS.from_checkpoints(args.fastpitch, args.hifigan)
+
+    def levelled_16k(audio: np.ndarray, rate: int) -> np.ndarray:
+        rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) or 1.0
+        audio = audio * (10 ** (LEVEL_DBFS / 20) / rms)
+        return np.clip(resample(audio.astype(np.float32), rate, 16000), -1, 1)
+
+    speech = {"piper": [], "minivox": []}
+    for row in rows:
+        audio, rate = read_wav(row["audio_filepath"], mono=True)
+        speech["piper"].append(levelled_16k(audio, rate))
+        audio, rate = tts.synthesize(row["text"])
+        speech["minivox"].append(levelled_16k(audio, rate))
+        if args.save_dir:
+            os.makedirs(args.save_dir, exist_ok=True)
+            write_wav(os.path.join(args.save_dir, os.path.basename(row["audio_filepath"])), audio, rate)
+
+    decoder = Decoder(samprate=16000)
+
+    def sphinx(audio: np.ndarray) -> str:
+        decoder.start_utt()
+        decoder.process_raw((audio * 32767).astype("<i2").tobytes(), full_utt=True)
+        decoder.end_utt()
+        return decoder.hyp().hypstr.lower() if decoder.hyp() else ""
+
+    refs = [row["text"] for row in rows]
+    table = []
+    for name, recordings in speech.items():
+        hyps = [sphinx(a) for a in recordings]
+        table.append((name, "pocketsphinx", word_error_rate(refs, hyps).rate))
+    if args.asr:
+        from minivox.asr import Transducer
+
+        asr = Transducer.from_checkpoint(args.asr)
+        for name, recordings in speech.items():
+            hyps = [h.text for h in asr.transcribe(recordings)]
+            table.append((name, f"minivox ASR ({os.path.basename(args.asr)})", word_error_rate(refs, hyps).rate))
+    print(f"TTS intelligibility on {len(rows)} held-out sentences of {args.intelligibility}\n")
+    print("| speech | recogniser | WER |")
+    print("|---|---|---|")
+    for name, recogniser, wer in table:
+        print(f"| {name} | {recogniser} | {100 * wer:.1f} % |")
+    wer = {name: w for name, r, w in table if r == "pocketsphinx"}
+    ratio = wer["minivox"] / max(wer["piper"], 1e-9)
+    print(f"\npocketsphinx WER ratio minivox / Piper = {ratio:.2f} (bar: <= 1.5): {'met' if ratio <= 1.5 else 'NOT met'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # Main: interleaved rounds, one table
 # ---------------------------------------------------------------------------
 
@@ -127,8 +204,15 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="worker processes per system, interleaved")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per worker process (after a warm-up)")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--intelligibility", metavar="MANIFEST", default=None,
+                        help="held-out manifest of Piper speech: WER of pocketsphinx on minivox vs Piper (see above)")
+    parser.add_argument("--limit", type=int, default=100, help="sentences for --intelligibility (default 100)")
+    parser.add_argument("--asr", default=None, help="minivox ASR checkpoint to also score --intelligibility with")
+    parser.add_argument("--save-dir", default=None, help="write minivox's --intelligibility speech here as WAV")
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.intelligibility:
+        return intelligibility(args)
     if args.worker == "minivox":
         print(json.dumps(minivox_worker(args.repeats, args.fastpitch, args.hifigan)))
         return 0
