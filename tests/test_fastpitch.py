@@ -321,3 +321,66 @@ def test_aligner_recovers_known_durations_and_losses_fall():
     # The aligner's conv encoders blur a boundary by up to one frame (measured: ~70 % exact, all within 1).
     assert (errors <= 1).float().mean() > 0.97 and errors.mean() < 0.5, errors
     assert errors.mean() < 0.5 * uniform_errors.mean(), (errors.mean(), uniform_errors.mean())
+
+
+# ---------------------------------------------------------------------------
+# train/fastpitch.py on a small synthetic corpus
+# ---------------------------------------------------------------------------
+
+def write_tone_corpus(folder, count: int = 6) -> tuple[str, str]:
+    """WAVs of harmonic glides (22.05 kHz) with short texts, as train/dev manifests; returns their paths."""
+    import json
+
+    from minivox.audio import write_wav
+
+    words = "one two three four five six seven eight".split()
+    rows = []
+    for k in range(count):
+        seconds = 0.6 + 0.1 * k
+        t = np.arange(int(seconds * 22050)) / 22050
+        f0 = 100 + 40 * t / seconds + 10 * k
+        audio = 0.3 * np.sin(2 * np.pi * np.cumsum(f0) / 22050) + 0.1 * np.sin(4 * np.pi * np.cumsum(f0) / 22050)
+        path = folder / f"utt{k}.wav"
+        write_wav(path, audio.astype(np.float32), 22050)
+        rows.append({"audio_filepath": str(path), "duration": seconds, "text": " ".join(words[k % 8: k % 8 + 2])})
+    train, dev = folder / "train.jsonl", folder / "dev.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dev.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    return str(train), str(dev)
+
+
+def _train_args(folder, train, dev, *extra):
+    return ["--config", "configs/fastpitch_tiny.toml", "--out", str(folder),
+            f"data.train_manifest={train}", f"data.dev_manifest={dev}", *extra]
+
+
+def test_training_script_resumes_exactly(tmp_path):
+    from minivox.train import fastpitch as script
+
+    train, dev = write_tone_corpus(tmp_path)
+    assert script.main(_train_args(tmp_path / "straight", train, dev)) == 0
+    assert script.main(_train_args(tmp_path / "split", train, dev, "train.run_steps=2")) == 0
+    assert script.main(_train_args(tmp_path / "split", train, dev, "--resume", str(tmp_path / "split" / "state.pt"))) == 0
+    a = torch.load(tmp_path / "straight" / "state.pt", weights_only=False)
+    b = torch.load(tmp_path / "split" / "state.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    model = FastPitch.from_checkpoint(tmp_path / "straight" / "last.pt")
+    assert model.cfg.pitch_mean > 90  # pitch statistics taken from the corpus (glides of 100-190 Hz)
+    assert list((tmp_path / "straight" / "samples").glob("*.mel.pt"))  # no vocoder given: mels
+
+
+@pytest.mark.slow
+def test_training_script_reduces_the_losses(tmp_path):
+    import json
+
+    from minivox.train import fastpitch as script
+
+    train, dev = write_tone_corpus(tmp_path)
+    assert script.main(_train_args(tmp_path / "run", train, dev, "train.max_steps=150", "train.lr=3e-3",
+                                   "train.log_every=10", "train.loss.binarization_start_step=50")) == 0
+    logs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    losses = [r for r in logs if r["event"] == "train"]
+    for name in ("mel", "duration", "forward_sum"):
+        assert losses[-1][name] < 0.5 * losses[0][name], (name, losses[0][name], losses[-1][name])

@@ -198,3 +198,61 @@ def test_short_gan_training_lowers_the_mel_loss():
         opt_g.step()
         history.append(float(mel_l1))
     assert sum(history[-10:]) / 10 < 0.5 * sum(history[:10]) / 10, (history[:10], history[-10:])
+
+
+# ---------------------------------------------------------------------------
+# train/hifigan.py on a small synthetic corpus
+# ---------------------------------------------------------------------------
+
+def _tone_corpus(folder) -> tuple[str, str]:
+    """WAVs of harmonic tones (22.05 kHz) with short texts, as train/dev manifests."""
+    import json
+
+    import numpy as np
+
+    from minivox.audio import write_wav
+
+    rows = []
+    for k in range(4):
+        seconds = 0.5 + 0.1 * k
+        t = np.arange(int(seconds * 22050)) / 22050
+        audio = 0.3 * np.sin(2 * np.pi * (110 + 20 * k) * t)
+        write_wav(folder / f"utt{k}.wav", audio.astype(np.float32), 22050)
+        rows.append({"audio_filepath": str(folder / f"utt{k}.wav"), "duration": seconds, "text": "a tone"})
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    return str(folder / "train.jsonl"), str(folder / "dev.jsonl")
+
+
+def test_training_script_resumes_exactly_and_fine_tunes_on_fastpitch_mels(tmp_path):
+    from minivox.fastpitch import FastPitch, FastPitchConfig
+    from minivox.train import hifigan as script
+
+    train, dev = _tone_corpus(tmp_path)
+    data = [f"data.train_manifest={train}", f"data.dev_manifest={dev}"]
+
+    def run(out, *extra):
+        return script.main(["--config", "configs/hifigan_tiny.toml", "--out", str(tmp_path / out), *extra, *data])
+
+    assert run("straight") == 0  # 1 mel-only step, 3 GAN steps
+    assert run("split", "train.run_steps=2") == 0
+    assert run("split", "--resume", str(tmp_path / "split" / "state.pt")) == 0
+    a = torch.load(tmp_path / "straight" / "state.pt", weights_only=False)
+    b = torch.load(tmp_path / "split" / "state.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for name in a["model"]:  # generator and discriminators
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    for x, y in zip(a["extra"]["optimizer_d"]["state"].values(), b["extra"]["optimizer_d"]["state"].values()):
+        assert torch.equal(x["exp_avg"], y["exp_avg"])
+    assert list((tmp_path / "straight" / "samples").glob("*.wav"))
+    generator = load_generator(tmp_path / "straight" / "last.pt")
+    assert generator.meta["step"] == 4
+
+    # fine-tuning: FastPitch's teacher-forced mels as input, weights from the finished run
+    fastpitch = FastPitch(FastPitchConfig(d_model=16, n_heads=1, d_head=8, d_inner=16, encoder_layers=1,
+                                          decoder_layers=1, predictor_filters=8, aligner_channels=8,
+                                          pitch_mean=120.0, pitch_std=20.0))
+    fastpitch.save(tmp_path / "fp.pt")
+    assert run("ft", f"data.fastpitch={tmp_path / 'fp.pt'}", f"train.init_state={tmp_path / 'straight' / 'state.pt'}",
+               "train.max_steps=2") == 0
+    assert torch.load(tmp_path / "ft" / "state.pt", weights_only=False)["step"] == 2

@@ -23,8 +23,8 @@ with [train.loss] = HiFiGANLossWeights) and [data] (DataConfig). `key=value` arg
 any field.
 
 The run folder (--out) gets:
-    state.pt          everything --resume needs: generator + discriminators, both AdamW states and
-                      LR schedules, step, batch order, RNG
+    state.pt          everything --resume needs: generator + discriminators, both AdamW states, the
+                      LR schedule, step, batch order, RNG
     last.pt           inference checkpoint (the generator, `HiFiGAN.save`) at the last save
     samples/          at each evaluation: dev utterances resynthesised from their mels (WAV)
     log.jsonl         one JSON line per log/eval event (every loss, lr, seconds per step)
@@ -233,8 +233,7 @@ def train(cfg: HiFiGANTrainingConfig, args, dist, out: Path, log: JSONLLogger) -
               "discriminators": sum(p.numel() for p in discriminators)}
     optim_g = torch.optim.AdamW(generator.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     optim_d = torch.optim.AdamW(discriminators, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
-    sched_g = make_scheduler(optim_g, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
-    sched_d = make_scheduler(optim_d, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
+    sched_g = make_scheduler(optim_g, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)  # D follows G's LR
     step, extra = 0, {"wall_s": 0.0, "best_dev_mel_l1": float("inf")}
     if args.resume:
         step, extra = load_training_state(args.resume, model, optim_g, sched_g, batches)
@@ -242,7 +241,7 @@ def train(cfg: HiFiGANTrainingConfig, args, dist, out: Path, log: JSONLLogger) -
             raise ValueError(f"cannot resume {args.resume}: it was trained with another [model] config "
                              f"({extra.get('model_config')}), this run has {asdict(cfg.model)}")
         optim_d.load_state_dict(extra.pop("optimizer_d"))
-        sched_d.load_state_dict(extra.pop("scheduler_d"))
+        extra.pop("scheduler_d", None)  # written by earlier versions; D now follows G's schedule
     extra["model_config"] = asdict(cfg.model)
     if dist.is_main:
         log.log(event="start", step=step, params=params, world_size=dist.world_size, threads=torch.get_num_threads(),
@@ -257,7 +256,7 @@ def train(cfg: HiFiGANTrainingConfig, args, dist, out: Path, log: JSONLLogger) -
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def save() -> None:
-        state_extra = {**extra, "optimizer_d": optim_d.state_dict(), "scheduler_d": sched_d.state_dict()}
+        state_extra = {**extra, "optimizer_d": optim_d.state_dict()}
         save_training_state(out / "state.pt", model, optim_g, sched_g, step, batches, state_extra)
         if dist.is_main:
             model.save(out / "last.pt", meta=checkpoint_meta(cfg, step, extra, params))
@@ -292,6 +291,8 @@ def train(cfg: HiFiGANTrainingConfig, args, dist, out: Path, log: JSONLLogger) -
 
             # discriminator step: real vs generated (no gradient into the generator)
             if gan:
+                for group in optim_d.param_groups:  # the discriminators follow the generator's LR schedule
+                    group["lr"] = sched_g.get_last_lr()[0]
                 real_scores, _ = model.discriminate(real)
                 fake_scores, _ = model.discriminate(fake.detach())
                 losses["disc"] = discriminator_loss(real_scores, fake_scores)
@@ -319,7 +320,6 @@ def train(cfg: HiFiGANTrainingConfig, args, dist, out: Path, log: JSONLLogger) -
             grad_norm = torch.nn.utils.clip_grad_norm_(generator.parameters(), tc.grad_clip)
             optim_g.step()
             sched_g.step()
-            sched_d.step()
             step += 1
 
             elapsed = time.perf_counter() - started
