@@ -14,6 +14,8 @@ abbreviations and symbols read out by normalize_text; characters with no spoken 
 scripts, emoji) dropped with one warning per call; text with nothing speakable gives empty audio.
 A "sentence" longer than `max_symbols` characters (no punctuation in a long stretch of text) is
 cut at word boundaries, so FastPitch's attention stays small.
+
+The module imports torch, numpy and the models on first use, so `minivox --help` stays instant.
 """
 
 from __future__ import annotations
@@ -24,15 +26,15 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from minivox.audio import TTS_FEATURES
-from minivox.fastpitch import FastPitch
-from minivox.hifigan import Generator, load_generator, vocode_in_chunks
 from minivox.pretrained import PRETRAINED_DIR
-from minivox.text import normalize_text, split_sentences, tts_symbol_ids, unspeakable_characters
+
+if TYPE_CHECKING:  # this module is imported by the `minivox` command: torch and the models load on first use
+    import numpy as np
+
+    from minivox.fastpitch import FastPitch
+    from minivox.hifigan import Generator
 
 __all__ = ["TTS", "TTSChunk", "DEFAULT_FASTPITCH", "DEFAULT_HIFIGAN", "register"]
 
@@ -65,6 +67,8 @@ class TTS:
 
     def __init__(self, fastpitch: FastPitch, generator: Generator, pace: float = 1.0,
                  first_chunk_frames: int = FIRST_CHUNK_FRAMES, chunk_frames: int = CHUNK_FRAMES):
+        from minivox.audio import TTS_FEATURES
+
         if generator.hop_length != TTS_FEATURES.hop_length or fastpitch.cfg.n_mels != generator.cfg.n_mels:
             raise ValueError(f"TTS: FastPitch ({fastpitch.cfg.n_mels} mels) and HiFi-GAN ({generator.cfg.n_mels} "
                              f"mels, hop {generator.hop_length}) do not fit the TTS features (hop {TTS_FEATURES.hop_length})")
@@ -83,11 +87,16 @@ class TTS:
             if not path.is_file():
                 raise ValueError(f"TTS: {what} checkpoint {path} does not exist (train one with "
                                  f"train/{what.lower().replace('-', '')}.py, or pass its path)")
+        from minivox.fastpitch import FastPitch
+        from minivox.hifigan import load_generator
+
         return cls(FastPitch.from_checkpoint(fastpitch), load_generator(hifigan), **kwargs)
 
     def pieces(self, text: str) -> list[tuple[int, str, list[int]]]:
         """(sentence index, sentence, symbol ids) for every speakable piece of `text`, in order;
         warns once about dropped characters."""
+        from minivox.text import normalize_text, split_sentences, tts_symbol_ids, unspeakable_characters
+
         if not isinstance(text, str):
             raise ValueError(f"TTS: expected text as str, got {type(text).__name__}")
         dropped = unspeakable_characters(text)
@@ -104,19 +113,26 @@ class TTS:
                 words = words[take:]
         return out
 
-    @torch.inference_mode()
     def stream(self, text: str, pace: float | None = None) -> Iterator[TTSChunk]:
         """Yield speech for `text` chunk by chunk, sentence by sentence (nothing for unspeakable text)."""
+        import numpy as np
+        import torch
+
+        from minivox.hifigan import vocode_in_chunks
+
         pace = self.pace if pace is None else pace
         if pace <= 0:
             raise ValueError(f"TTS: pace must be > 0, got {pace}")
         pieces = self.pieces(text)
         for k, (index, sentence, ids) in enumerate(pieces):
-            mels = self.fastpitch.infer(torch.tensor([ids]), pace=pace).mels[0]  # [80, M]
+            with torch.inference_mode():  # per call, never across a yield (it is thread state)
+                mels = self.fastpitch.infer(torch.tensor([ids]), pace=pace).mels[0]  # [80, M]
             last_piece_of_sentence = k + 1 == len(pieces) or pieces[k + 1][0] != index
             count = self._chunk_count(mels.shape[1])
             chunks = vocode_in_chunks(self.generator, mels, self.chunk_frames, first_chunk_frames=self.first_chunk_frames)
-            for j, audio in enumerate(chunks):  # lazily: each chunk leaves as soon as it is vocoded
+            for j in range(count):  # lazily: each chunk leaves as soon as it is vocoded
+                with torch.inference_mode():
+                    audio = next(chunks)  # [S_chunk]
                 yield TTSChunk(audio.numpy().astype(np.float32, copy=False), self.sample_rate, index, sentence,
                                last=last_piece_of_sentence and j + 1 == count)
 
@@ -128,6 +144,8 @@ class TTS:
 
     def synthesize(self, text: str, pace: float | None = None) -> tuple[np.ndarray, int]:
         """Speech for the whole text: (audio float32 [S], sample_rate). Empty text -> ([0], rate)."""
+        import numpy as np
+
         chunks = [c.audio for c in self.stream(text, pace)]
         audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
         return audio, self.sample_rate
@@ -154,6 +172,9 @@ def register(subparsers) -> None:
 
 def _synthesize_command(args: argparse.Namespace) -> int:
     import sys
+
+    import numpy as np
+    import torch
 
     from minivox.audio import write_wav
 

@@ -185,3 +185,18 @@ def test_cli_reads_stdin_and_handles_empty_text(tmp_path, checkpoints, monkeypat
     assert _cli(["synthesize", "-o", str(tmp_path / "c.wav")]) == 2  # neither text nor --stdin
     assert _cli(["synthesize", "x", "-o", str(tmp_path / "c.wav"), "--checkpoint", "/no/such.pt"]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_consumer_code_between_chunks_is_not_in_inference_mode(tts):
+    for _ in tts.stream("one sentence. and another one"):
+        assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+
+
+def test_importing_the_module_is_cheap():
+    """`minivox synthesize` is registered by the `minivox` command: torch loads only when it runs."""
+    import subprocess
+    import sys
+
+    code = "import sys, minivox.tts; print('torch' in sys.modules, 'numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
