@@ -33,7 +33,6 @@ Shape letters: B batch, N symbols, M mel frames, D model width, H heads, K head 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +43,8 @@ from torch import nn
 
 from minivox.audio import TTS_FEATURES
 from minivox.checkpoint import load_checkpoint, load_state_dict, save_checkpoint
-from minivox.config import from_dict, parse_override
+from minivox.config import from_dict, load_config
 from minivox.text import TTS_PAD_ID, TTS_SYMBOLS
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 __all__ = [
     "FastPitchConfig", "FastPitchLossWeights", "FastPitch", "FastPitchOutput", "FastPitchInference",
@@ -124,15 +118,8 @@ class FastPitchLossWeights:
 
 
 def load_model_config(path: str | Path, overrides: Sequence[str] = ()) -> FastPitchConfig:
-    """The `[model]` table of a preset (configs/fastpitch_*.toml) as a FastPitchConfig; overrides like "d_model=256"."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file {path} does not exist")
-    model = tomllib.loads(path.read_text(encoding="utf-8")).get("model", {})
-    for item in overrides:
-        key, value = parse_override(item)
-        model[key] = value
-    return from_dict(FastPitchConfig, model, prefix="model.")
+    """The `[model]` table of a preset (configs/fastpitch_*.toml) as a FastPitchConfig; overrides are relative to it."""
+    return load_config(FastPitchConfig, path, overrides, section="model")
 
 
 # ---------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ Shape letters: B batch, C channels, T mel frames, S samples, P period.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,12 +42,7 @@ from torch import nn
 
 from minivox.audio import TTS_FEATURES, FeatureConfig, LogMel
 from minivox.checkpoint import load_checkpoint, load_state_dict, save_checkpoint
-from minivox.config import from_dict, parse_override
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from minivox.config import from_dict, load_config
 
 __all__ = [
     "HiFiGANConfig", "HIFIGAN_PRESETS", "hifigan_preset", "HiFiGANLossWeights", "load_generator", "Generator", "MultiPeriodDiscriminator",
@@ -137,15 +131,8 @@ class HiFiGANLossWeights:
 
 
 def load_model_config(path: str | Path, overrides: Sequence[str] = ()) -> HiFiGANConfig:
-    """The `[model]` table of a preset file (configs/hifigan_*.toml) as a HiFiGANConfig; overrides like "resblock='2'"."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file {path} does not exist")
-    model = dict(tomllib.loads(path.read_text(encoding="utf-8")).get("model", {}))
-    for item in overrides:
-        key, value = parse_override(item)
-        model[key] = value
-    return from_dict(HiFiGANConfig, model, prefix="model.")
+    """The `[model]` table of a preset (configs/hifigan_*.toml) as a HiFiGANConfig; overrides are relative to it."""
+    return load_config(HiFiGANConfig, path, overrides, section="model")
 
 
 # ---------------------------------------------------------------------------------------
