@@ -8,6 +8,13 @@ modules (torch, numba) only when it runs, so `minivox --help` stays instant.
     minivox wer REF HYP               word/character error rates with S/D/I counts
     minivox der REF.rttm HYP.rttm     diarization error rate (miss, false alarm, confusion) and JER
     minivox data ...                  training data: voices, synth, text, dialogues, mix, import
+    minivox transcribe IN.wav         speech to text with the streaming Conformer-RNNT
+    minivox synthesize "text" -o W    text to speech with FastPitch + HiFiGAN
+    minivox chat [--once "..."]       talk to the LLM (local model or an OpenAI-compatible server)
+    minivox serve-llm --port 8000     serve the local LLM over the OpenAI chat-completions API
+
+The command line is the top of the import graph, so it may register serve/'s `serve-llm`;
+nothing inside minivox/ imports serve/ or train/.
 """
 
 from __future__ import annotations
@@ -159,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     from minivox.data import cli as data_cli
 
     data_cli.register(sub)
+    from minivox import chat, transcribe, tts
+    from minivox.serve import openai_api
+
+    transcribe.register(sub)
+    tts.register(sub)
+    chat.register(sub)
+    openai_api.register(sub)
     return parser
 
 

@@ -84,3 +84,21 @@ def test_selftest_checks_streaming_against_offline(capsys):
     assert cli.main(["selftest", "--seconds", "2"]) == 0
     out = capsys.readouterr().out
     assert "selftest passed" in out and "200 frames x 80 mels" in out
+
+
+@pytest.mark.parametrize("command", ["info", "selftest", "wer", "der", "data", "transcribe", "synthesize", "chat", "serve-llm"])
+def test_every_subcommand_explains_itself(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: minivox " + command in capsys.readouterr().out
+
+
+def test_missing_bundled_model_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    from minivox.audio import write_wav
+
+    wav = tmp_path / "x.wav"
+    write_wav(wav, [0.0] * 1600, 16000)
+    code = cli.main(["transcribe", str(wav), "--checkpoint", str(tmp_path / "missing.pt")])
+    err = capsys.readouterr().err
+    assert code != 0 and "missing.pt" in err and "Traceback" not in err
