@@ -52,6 +52,7 @@ __all__ = [
 
 LRELU_SLOPE = 0.1  # LeakyReLU slope inside the generator and discriminators (paper's code)
 POST_LRELU_SLOPE = 0.01  # the activation before conv_post uses torch's default slope (paper's code, NeMo)
+INIT_STD = 0.01  # generator convs after conv_pre start from N(0, 0.01^2) weights (paper's code, NeMo)
 
 
 # ---------------------------------------------------------------------------------------
@@ -153,6 +154,12 @@ class _WeightNorm:
         del self._parameters["weight"]
         self.weight_g = nn.Parameter(_norm_except_dim0(weight))
         self.weight_v = nn.Parameter(weight.clone())
+
+    def init_normal(self, std: float) -> None:
+        """Draw the weight from N(0, std^2) (the paper's code initialises its generator convs so)."""
+        with torch.no_grad():
+            self.weight_v.normal_(0.0, std)
+            self.weight_g.copy_(_norm_except_dim0(self.weight_v))  # g = ||v||: the weight is v itself
 
     def effective_weight(self) -> torch.Tensor:
         if "weight" in self._parameters:
@@ -269,6 +276,9 @@ class Generator(nn.Module):
             for kernel, dilations in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes):
                 self.resblocks.append(block(c_out, kernel, dilations))
         self.conv_post = WNConv1d(C // 2 ** len(cfg.upsample_rates), 1, 7, padding=3)
+        for module in [*self.ups.modules(), *self.resblocks.modules(), self.conv_post]:
+            if isinstance(module, _WeightNorm):
+                module.init_normal(INIT_STD)
 
     @property
     def hop_length(self) -> int:

@@ -181,7 +181,7 @@ def test_short_gan_training_lowers_the_mel_loss():
     real = (0.3 * torch.sin(2 * math.pi * f0 * t) + 0.1 * torch.sin(4 * math.pi * f0 * t))[:, None]  # [4, 1, S]
     mel, _ = model.loss_mel(real[:, 0])
     history = []
-    for step in range(120):
+    for step in range(250):
         fake = model.generator(mel)
         real_scores, _ = model.discriminate(real)
         fake_scores, _ = model.discriminate(fake.detach())
