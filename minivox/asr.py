@@ -285,6 +285,13 @@ class Transducer(nn.Module):
                 target_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """RNN-T logits for a batch (what the loss reads).
 
+        Decoding restarts the prediction net after `<EOU>` / `<EOB>` (`StreamingTranscriber`,
+        `transcribe`), so the frames after one are read from the start symbol's state. Training
+        sees the same: for a target that ends in one of them (with the tokenizer attached), the
+        last prefix (u = U_b, after the end symbol) uses the start symbol's prediction output.
+        Without this the joint never learns the start state on post-utterance frames, and a
+        restarted search hallucinates tokens there.
+
         Args:
             feats: [B, M, T_feat] log-mel features; feat_lengths [B].
             targets: [B, U] token ids (anything beyond target_lengths [B] is ignored).
@@ -300,6 +307,12 @@ class Transducer(nn.Module):
         tokens = torch.where(in_target, targets, self.blank_id)  # padding reads as blank (zero embedding)
         start = torch.full_like(tokens[:, :1], self.blank_id)
         g, _ = self.decoder(torch.cat([start, tokens], dim=1))  # [B, U + 1, H]
+        reset_ids = self._reset_ids()
+        if reset_ids:
+            last = targets.gather(1, (target_lengths - 1).clamp_min(0)[:, None])[:, 0]  # [B] each row's last token
+            ends = (target_lengths > 0) & torch.isin(last, torch.tensor(reset_ids, device=targets.device))  # [B]
+            after_end = ends[:, None] & (torch.arange(U + 1, device=targets.device)[None, :] == target_lengths[:, None])
+            g = torch.where(after_end[:, :, None], g[:, :1], g)  # [B, U + 1, H]: the restarted state
         return self.joint(enc, g), enc_lengths
 
     @torch.no_grad()

@@ -104,6 +104,37 @@ def test_transcripts_end_in_eou_or_eob_for_backchannels():
     assert ids[-1] == tok.piece_to_id(EOB) and tok.decode(ids[:-1]) == "uh huh"
 
 
+def test_training_logits_after_an_end_symbol_read_the_restarted_state():
+    """Decoding restarts the prediction net after <EOU>/<EOB>; Transducer.forward trains exactly that:
+    for a target ending in one, the last prefix's logits are joint(frame, start-symbol output), and
+    every other prefix is the stepwise prediction net's."""
+    tok = Tokenizer.train([s + EOU for s in SENTENCES * 3] + ["uh huh" + EOB], 40)
+    cfg = load_model_config(TINY, [f"tokenizer.vocab_size={tok.vocab_size}", "decoder.dropout=0.0",
+                                   "joint.dropout=0.0", "encoder.dropout=0.0", "encoder.dropout_att=0.0",
+                                   "encoder.dropout_pre_encoder=0.0"])
+    torch.manual_seed(0)
+    model = Transducer(cfg, tok).eval()
+    eou, eob = tok.piece_to_id(EOU), tok.piece_to_id(EOB)
+    targets = torch.tensor([[5, 9, eou, 0], [7, 3, 11, 6], [8, eob, 0, 0]])
+    lengths = torch.tensor([3, 4, 2])
+    feats = torch.randn(3, 80, 40)
+    with torch.no_grad():
+        logits, _ = model(feats, torch.full((3,), 40), targets, lengths)
+        enc, _ = model.encoder(feats, torch.full((3,), 40))
+        f = model.joint.project_encoder(enc)  # [B, T, J]
+        for b in range(3):
+            state = model.decoder.initial_state(1)
+            start, state = model.decoder.step(torch.tensor([model.blank_id]), state)
+            out = start
+            for u in range(int(lengths[b]) + 1):
+                restarted = u == lengths[b] and int(targets[b, u - 1]) in (eou, eob)
+                g = model.joint.project_prednet(start if restarted else out)  # [1, J]
+                torch.testing.assert_close(logits[b, :, u], model.joint.joint_after_projection(f[b], g),
+                                           atol=1e-5, rtol=1e-5)
+                if u < lengths[b]:
+                    out, state = model.decoder.step(targets[b, u:u + 1], state)
+
+
 def test_presets_hold_valid_train_and_data_tables():
     from minivox.config import load_config
     for name in ("asr_tiny", "asr_demo", "asr_base"):
@@ -317,7 +348,7 @@ def test_tiny_model_trained_by_the_script_overfits_spoken_utterances(tmp_path):
                "encoder.dropout", "encoder.dropout_att", "encoder.dropout_pre_encoder", "decoder.dropout",
                "joint.dropout")]
     argv = ["--config", str(TINY), "--out", str(tmp_path / "run"), f"data.train_manifest={tmp_path / 'train.jsonl'}",
-            f"data.dev_manifest={tmp_path / 'train.jsonl'}", "data.max_batch_seconds=60", "model.tokenizer.vocab_size=32",
+            f"data.dev_manifest={tmp_path / 'train.jsonl'}", "data.max_batch_seconds=60", "model.tokenizer.vocab_size=24",
             "train.max_steps=600", "train.warmup_steps=50", "train.lr=5e-3", "train.eval_every=100", "train.log_every=50",
             "train.checkpoint_every=1000", *off]
     assert train_asr.main(argv) == 0
