@@ -347,11 +347,13 @@ def test_tiny_model_trained_by_the_script_overfits_spoken_utterances(tmp_path):
            "train.fastemit_lambda=0.0"] + [f"model.{k}=0.0" for k in (
                "encoder.dropout", "encoder.dropout_att", "encoder.dropout_pre_encoder", "decoder.dropout",
                "joint.dropout")]
-    argv = ["--config", str(TINY), "--out", str(tmp_path / "run"), f"data.train_manifest={tmp_path / 'train.jsonl'}",
-            f"data.dev_manifest={tmp_path / 'train.jsonl'}", "data.max_batch_seconds=60", "model.tokenizer.vocab_size=24",
-            "train.max_steps=600", "train.warmup_steps=50", "train.lr=5e-3", "train.eval_every=100", "train.log_every=50",
+    argv = [sys.executable, "-m", "minivox.train.asr", "--config", str(TINY), "--out", str(tmp_path / "run"),
+            f"data.train_manifest={tmp_path / 'train.jsonl'}", f"data.dev_manifest={tmp_path / 'train.jsonl'}",
+            "data.max_batch_seconds=60", "model.tokenizer.vocab_size=24", "train.max_steps=600",
+            "train.warmup_steps=50", "train.lr=5e-3", "train.eval_every=100", "train.log_every=50",
             "train.checkpoint_every=1000", *off]
-    assert train_asr.main(argv) == 0
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     model = Transducer.from_checkpoint(tmp_path / "run" / "last.pt")
     audio = [train_asr.load_audio(str(tmp_path / r["audio_filepath"]), SR) for r in rows]
     hyps = model.transcribe(audio)

@@ -39,7 +39,7 @@ Recipe, in the order the loop runs it:
     `max_batch_seconds` of padded audio, dealt to ranks in a fresh order every epoch.
   - Speed perturbation (Ko et al. 2015): each utterance resampled by a factor drawn from
     `speed_factors` (0.9 / 1.0 / 1.1: tempo and pitch change together).
-  - Log-mel features computed per batch in torch (~2 % of a step: caching them would rule out
+  - Log-mel features computed per batch in torch (~3 % of a step, measured: caching them would rule out
     speed perturbation and save little; the log's data_s vs step_s shows the split).
   - SpecAugment (Park et al. 2019): frequency and time masks (`spec_augment` below).
   - RNN-T loss (minivox.kernels.rnnt_loss) with FastEmit (Yu et al. 2021) for earlier emissions,
