@@ -2,6 +2,7 @@
 //
 //   node tests/browser/run.mjs turn --url http://127.0.0.1:PORT/ --wav question.wav [--chromium PATH] [--timeout-ms N]
 //   node tests/browser/run.mjs mock --web serve/web --wav speech.wav [--chromium PATH] [--timeout-ms N]
+//   (either: --screenshot PAGE.png saves the page as it was at the end)
 //
 // turn: load the page from a running minivox server, press Start, and wait until the page has seen
 //   a final user transcription and has started playing bot audio (window.minivox counters).
@@ -28,7 +29,8 @@ function parseArgs(argv) {
     else if (key === "--wav") args.wav = value;
     else if (key === "--chromium") args.chromium = value;
     else if (key === "--timeout-ms") args.timeoutMs = Number(value);
-    else throw new Error(`unknown argument ${key}; expected --url, --web, --wav, --chromium, --timeout-ms`);
+    else if (key === "--screenshot") args.screenshot = value;
+    else throw new Error(`unknown argument ${key}; expected --url, --web, --wav, --chromium, --timeout-ms, --screenshot`);
   }
   if (!args.wav) throw new Error("--wav is required");
   if (args.scenario === "turn" && !args.url) throw new Error("turn: --url is required");
@@ -42,14 +44,29 @@ const stats = (page) => page.evaluate(() => {
   return { ...rest, latencies: latencies.map(({ turnId, localMs, serverMs }) => ({ turnId, localMs, serverMs })) };
 });
 
-/** A real turn against a running server: a final transcription, then bot audio playing. */
-async function turnScenario(page, args, report) {
+/**
+ * A real turn against a running server: a final transcription, then bot audio playing. The first
+ * wait ends TURN_HEARD_S after the WAV has played (the agent has heard all of it by then), so a
+ * model that hears nothing fails in seconds; report.stage says how far the turn got.
+ */
+const TURN_HEARD_S = 10;
+async function turnScenario(page, args, report, wavSeconds) {
+  const wait = (fn, timeout) => page.waitForFunction(fn, null, { timeout, polling: 50 });
+  const t0 = Date.now();
+  report.stage = "page";
   await page.goto(args.url);
   await page.getByRole("button", { name: "Start" }).click();
-  await page.waitForFunction(
-    () => window.minivox.finalTranscripts >= 1 && window.minivox.playbackStarts >= 1 && window.minivox.botAudioFramesPlayed >= 1,
-    null, { timeout: args.timeoutMs, polling: 50 },
-  );
+  report.stage = "bot-ready";
+  await wait(() => window.minivox.state === "ready", args.timeoutMs);
+  report.stage = "final user transcription";
+  await wait(() => window.minivox.finalTranscripts >= 1, Math.min(args.timeoutMs, (wavSeconds + TURN_HEARD_S) * 1000));
+  report.stage = "bot audio playing";
+  await wait(() => window.minivox.playbackStarts >= 1 && window.minivox.botAudioFramesPlayed >= 1,
+    Math.max(1000, args.timeoutMs - (Date.now() - t0)));
+  report.stage = "done";
+  // Not required: let the reply finish, for the latency figures (the server's metrics event).
+  await wait(() => window.minivox.events.some((e) => e.type === "metrics") && !window.minivox.botAudioPlaying, 20000)
+    .catch(() => { report.note = "no metrics event within 20 s of the reply's start"; });
 }
 
 const CONTENT_TYPES = { ".html": "text/html; charset=utf-8", ".js": "text/javascript" };
@@ -162,11 +179,16 @@ async function mockScenario(page, args, report, wavSeconds) {
   web.close();
 }
 
+/** Duration of a PCM WAV file in seconds, from its fmt and data chunks. */
 function wavSeconds(path) {
-  // PCM WAV duration from its header (a canonical 44-byte header, as tests/test_browser.py writes it).
-  const header = readFileSync(path).subarray(0, 44);
-  const byteRate = header.readUInt32LE(28);
-  return header.readUInt32LE(40) / byteRate;
+  const wav = readFileSync(path);
+  let byteRate = null;
+  for (let at = 12; at + 8 <= wav.length; at += 8 + wav.readUInt32LE(at + 4) + (wav.readUInt32LE(at + 4) % 2)) {
+    const id = wav.toString("ascii", at, at + 4);
+    if (id === "fmt ") byteRate = wav.readUInt32LE(at + 16);
+    if (id === "data" && byteRate) return wav.readUInt32LE(at + 4) / byteRate;
+  }
+  throw new Error(`${path}: expected a WAV file with fmt and data chunks`);
 }
 
 const args = parseArgs(process.argv.slice(2));
@@ -177,6 +199,7 @@ const browser = await chromium.launch({
   headless: true,
   args: [
     "--no-sandbox", // Chromium refuses to run as root with its sandbox (CI containers run as root)
+    "--disable-dev-shm-usage", // containers often have a 64 MB /dev/shm, too small for Chromium
     "--use-fake-ui-for-media-stream", // grant getUserMedia without a permission prompt
     "--use-fake-device-for-media-stream", // a fake microphone ...
     `--use-file-for-fake-audio-capture=${args.wav}%noloop`, // ... that plays this WAV once, then silence
@@ -189,7 +212,7 @@ try {
   page.on("pageerror", (error) => report.pageErrors.push(String(error)));
   page.on("requestfailed", (request) => report.requestFailures.push(`${request.url()}: ${request.failure()?.errorText}`));
   try {
-    if (args.scenario === "turn") await turnScenario(page, args, report);
+    if (args.scenario === "turn") await turnScenario(page, args, report, wavSeconds(args.wav));
     else await mockScenario(page, args, report, wavSeconds(args.wav));
     report.ok = true;
   } catch (error) {
@@ -198,6 +221,7 @@ try {
   report.stats = await stats(page);
   report.status = await page.locator("#status").textContent();
   report.transcript = await page.locator("#transcript li").allTextContents();
+  if (args.screenshot) await page.screenshot({ path: args.screenshot, fullPage: true });
 } finally {
   await browser.close();
 }
