@@ -7,7 +7,7 @@ Three layers, each against something independent:
 - the page against a scripted server (Playwright's WebSocket routing, no minivox server): the
   frames it sends (client-ready first, seq from 0 without gaps, 20 ms of 16 kHz PCM16 that
   correlates with the spoken WAV), mute, reset-context, a split event joined, an error shown,
-  and an `interruption` emptying the playback queue at once;
+  an `interruption` emptying the playback queue at once, and Stop/Start opening a new session;
 - the page against the real agent (`python -m minivox.serve demo`): a spoken question (espeak-ng)
   gives a final user transcription and the start of bot audio playback.
 
@@ -59,9 +59,9 @@ def _node() -> str:
 
 def _chromium() -> str:
     path = os.environ.get("MINIVOX_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.fail("chromium not found: install it with `apt-get install -y chromium` (Debian), "
-                    "or set MINIVOX_CHROMIUM=/path/to/chromium")
+    if path is None or not os.access(path, os.X_OK):
+        pytest.fail(f"chromium not found{f' at {path}' if path else ''}: install it with `apt-get install -y chromium` "
+                    "(Debian), or set MINIVOX_CHROMIUM=/path/to/chromium")
     if not (DRIVER / "node_modules" / "playwright-core").is_dir():
         pytest.fail("playwright-core is not installed: run `npm ci --prefix tests/browser`")
     return path
@@ -239,6 +239,14 @@ def test_page_interruption_flushes_playback_at_once(mock_report):
     assert after["playbackStarts"] == 1 and not after["botAudioPlaying"], after
     playback_reports = [m for m in mock_report["received"]["json"] if m["type"] == "client-playback"]
     assert playback_reports and playback_reports[-1]["played_ms"] == at["playedMs"], playback_reports
+
+
+def test_page_stop_and_start_again_opens_a_new_session(mock_report):
+    assert "disconnected (code 1000" in mock_report["stopped"]["status"], mock_report["stopped"]
+    second = mock_report["second"]
+    assert second["connections"] == 2, second["connections"]
+    assert second["json"][0]["type"] == "client-ready", second["json"]
+    assert second["seqs"] and second["seqs"] == list(range(len(second["seqs"]))), second["seqs"][:10]
 
 
 # ---------------------------------------------------------------------------------------------

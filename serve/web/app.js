@@ -54,6 +54,7 @@ let botTurn = null; // turn_id of the bot reply being shown
 const botLines = new Map(); // turn_id -> {li, text (llm text so far)}
 let interimLine = null; // <li> with the user's interim text, replaced by the final one
 let partial = null; // an event whose long "text" arrives split in parts, being joined
+let session = 0; // counts connections: turn ids start again in each
 
 function setState(state, text) {
   stats.state = state;
@@ -133,9 +134,9 @@ function appendBotText(turnId, piece) {
 // ---------------------------------------------------------------------------------------------
 
 function latencyRow(turnId) {
-  let row = stats.latencies.find((r) => r.turnId === turnId);
+  let row = stats.latencies.find((r) => r.session === session && r.turnId === turnId);
   if (!row) {
-    row = { turnId, localMs: null, serverMs: null, tr: document.createElement("tr") };
+    row = { session, turnId, localMs: null, serverMs: null, tr: document.createElement("tr") };
     $("latency").tBodies[0].append(row.tr);
     stats.latencies.push(row);
   }
@@ -144,7 +145,8 @@ function latencyRow(turnId) {
 
 function renderLatency(row) {
   const cell = (v) => `<td>${v === null || v === undefined ? "–" : Math.round(v)}</td>`;
-  row.tr.innerHTML = `<td>${row.turnId ?? "?"}</td>${cell(row.localMs)}${cell(row.serverMs)}`;
+  const turn = row.session > 1 ? `${row.session}.${row.turnId ?? "?"}` : `${row.turnId ?? "?"}`; // session.turn
+  row.tr.innerHTML = `<td>${turn}</td>${cell(row.localMs)}${cell(row.serverMs)}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -323,7 +325,16 @@ function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   ws = new WebSocket(`${scheme}://${location.host}/ws`);
   ws.binaryType = "arraybuffer";
+  // A new session: sequence numbers and turn ids start again.
+  session++;
   micSeq = 0;
+  botLines.clear();
+  botTurn = null;
+  interimLine?.remove();
+  interimLine = null;
+  partial = null;
+  stoppedSpeakingAt = null;
+  if (session > 1) addLine("", "New session.", "note");
   ws.onopen = () => {
     send({
       type: "client-ready",

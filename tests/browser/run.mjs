@@ -106,12 +106,14 @@ function toneFrames(seconds, firstSeq) {
 
 /** The page against a scripted server: see the header comment. */
 async function mockScenario(page, args, report, wavSeconds) {
-  const received = { json: [], frames: [] }; // what the page sent
+  const connections = []; // per WebSocket the page opened: {json, frames} it sent
   let server = null;
   const web = await serveStatic(args.web);
   const origin = `localhost:${web.address().port}`;
   await page.routeWebSocket(`ws://${origin}/ws`, (ws) => {
     server = ws;
+    const received = { json: [], frames: [] };
+    connections.push(received);
     ws.onMessage((message) => {
       if (typeof message === "string") {
         const msg = JSON.parse(message);
@@ -131,6 +133,7 @@ async function mockScenario(page, args, report, wavSeconds) {
   await page.goto(`http://${origin}/`);
   await page.getByRole("button", { name: "Start" }).click();
   await wait(() => window.minivox.state === "ready");
+  const received = connections[0];
 
   // 1. The whole WAV (plus 300 ms) goes out as 20 ms frames.
   await wait((n) => window.minivox.micFramesSent >= n, Math.ceil((wavSeconds + 0.3) * 50));
@@ -168,6 +171,16 @@ async function mockScenario(page, args, report, wavSeconds) {
   await sleep(500);
   report.afterFlush = await stats(page);
   await sleep(100); // let the last client-playback message arrive
+
+  // 5. Stop closes the socket; Start again opens a new session whose seq starts at 0.
+  await page.getByRole("button", { name: "Stop" }).click();
+  await wait(() => window.minivox.state === "closed");
+  report.stopped = { status: await page.locator("#status").textContent() };
+  const sentBefore = (await stats(page)).micFramesSent;
+  await page.getByRole("button", { name: "Start" }).click();
+  await wait((n) => window.minivox.state === "ready" && window.minivox.micFramesSent >= n, sentBefore + 5);
+  report.second = { connections: connections.length, json: connections.at(-1).json,
+    seqs: connections.at(-1).frames.map((f) => f.readUInt32LE(0)) };
 
   report.received = {
     json: received.json,
