@@ -288,12 +288,13 @@ def test_reset_equals_fresh(stream_signal):
 
 
 def test_cost_per_frame(stream_signal):
-    """20 ms chunks (a typical client frame): well under 1 ms per 10 ms frame (measured ~0.05 ms)."""
+    """20 ms chunks (a typical client frame): well under 1 ms of CPU per 10 ms frame (measured
+    ~0.05 ms). CPU time, not wall time, so a busy shared machine does not fail it."""
     vad = VAD()
-    started = time.perf_counter()
+    started = time.process_time()
     for pos in range(0, stream_signal.size, 320):
         vad.process(stream_signal[pos:pos + 320])
-    per_frame = (time.perf_counter() - started) / (stream_signal.size // 160)
+    per_frame = (time.process_time() - started) / (stream_signal.size // 160)
     assert per_frame < 1e-3, per_frame
 
 
