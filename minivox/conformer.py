@@ -506,6 +506,25 @@ class ConformerEncoder(nn.Module):
         self.dropout_pre_encoder = nn.Dropout(cfg.dropout_pre_encoder)
         self.dropout_emb = nn.Dropout(cfg.dropout_emb)
         self.layers = nn.ModuleList(ConformerLayer(cfg) for _ in range(cfg.n_layers))
+        # Fixed per-mel input normalisation (a streaming model cannot use per-utterance statistics):
+        # train/asr.py sets them from training features before step 0; identity until then. Raw
+        # log-mels sit far from 0 (digital silence is log(guard) = -16.6), which let the first demo
+        # run collapse into an input-independent encoder; normalised inputs train.
+        self.register_buffer("feat_mean", torch.zeros(cfg.feat_in))  # [M]
+        self.register_buffer("feat_std", torch.ones(cfg.feat_in))  # [M]
+
+    def normalize(self, feats: torch.Tensor) -> torch.Tensor:
+        """[B, M, T] log-mel -> (feats - feat_mean) / feat_std per mel bin. Zero padding (offline
+        and the streaming caches' initial zeros alike) then stands for the mean frame."""
+        return (feats - self.feat_mean[:, None]) / self.feat_std[:, None]
+
+    @torch.no_grad()
+    def set_feature_stats(self, feats: torch.Tensor, lengths: torch.Tensor) -> None:
+        """Set feat_mean / feat_std from the valid frames of a batch of features [B, M, T]."""
+        valid = valid_mask(lengths, feats.shape[2])  # [B, T]
+        frames = feats.transpose(1, 2)[valid]  # [N, M]
+        self.feat_mean.copy_(frames.mean(0))
+        self.feat_std.copy_(frames.std(0).clamp_min(1e-3))
 
     def _check_features(self, feats: torch.Tensor) -> None:
         if feats.ndim != 3 or feats.shape[1] != self.cfg.feat_in or not feats.is_floating_point():
@@ -552,7 +571,7 @@ class ConformerEncoder(nn.Module):
             lengths = torch.full((feats.shape[0],), feats.shape[2], dtype=torch.long, device=feats.device)
         if feats.shape[2] == 0:  # empty input: no frames (the convolutions need at least one)
             return feats.new_zeros(feats.shape[0], 0, self.cfg.d_model), torch.zeros_like(lengths)
-        x, enc_lengths = self.pre_encode(feats, lengths)  # [B, T', D]
+        x, enc_lengths = self.pre_encode(self.normalize(feats), lengths)  # [B, T', D]
         x = x.masked_fill(~valid_mask(enc_lengths, x.shape[1])[:, :, None], 0.0)  # padding stays finite
         x = self.dropout_pre_encoder(x * self.xscale)
         x, _, _ = self._layers(x, enc_lengths, 0, None)
@@ -617,7 +636,7 @@ class ConformerEncoder(nn.Module):
         # Re-read the feature frames from `start` on: the window's first STREAM_DROP_FRAMES
         # outputs saw zeros instead of earlier frames and are dropped.
         start = factor * (state.frames_out - STREAM_DROP_FRAMES)
-        history = torch.cat([state.cache_pre_encode, feats], dim=2)  # [B, M, 2 * factor + T_new]
+        history = torch.cat([state.cache_pre_encode, self.normalize(feats)], dim=2)  # [B, M, 2 * factor + T_new]
         keep = state.frames_in - start  # cached frames the window needs (<= 2 * factor)
         window = history[:, :, self.pre_encode_cache_size - keep:]  # [B, M, keep + T_new], frame 0 at `start`
         lengths = torch.full((B,), frames_in, dtype=torch.long, device=feats.device)

@@ -36,7 +36,17 @@ def tiny_encoder(seed=0, **overrides) -> ConformerEncoder:
     cfg = dict(n_layers=2, d_model=32, n_heads=4, conv_kernel_size=5, att_context_size=(4, 1))
     cfg.update(overrides)
     torch.manual_seed(seed)
-    return ConformerEncoder(ConformerConfig(**cfg)).eval()
+    encoder = ConformerEncoder(ConformerConfig(**cfg)).eval()
+    set_random_feature_stats(encoder)
+    return encoder
+
+
+def set_random_feature_stats(encoder: ConformerEncoder) -> None:
+    """Non-trivial input normalisation (as train/asr.py sets it), so every streaming == offline
+    check also covers it: the streaming caches hold normalised frames."""
+    with torch.no_grad():
+        encoder.feat_mean.copy_(torch.randn(encoder.cfg.feat_in) * 2 - 5)
+        encoder.feat_std.copy_(torch.rand(encoder.cfg.feat_in) * 3 + 1)
 
 
 # ---------------------------------------------------------------------------------------

@@ -366,3 +366,21 @@ def test_tiny_model_trained_by_the_script_overfits_spoken_utterances(tmp_path):
         results += transcriber.flush()
         assert "".join(r.text for r in results).strip() == text
         assert any(r.is_final and r.eou_latency is not None for r in results)
+
+
+def test_feature_stats_normalise_training_features():
+    """set_feature_stats: the encoder's input normalisation maps the sampled features to zero
+    mean and unit variance per mel bin (checked against numpy over the same valid frames)."""
+    from minivox.conformer import ConformerConfig, ConformerEncoder
+
+    torch.manual_seed(0)
+    encoder = ConformerEncoder(ConformerConfig(n_layers=1, d_model=16, n_heads=2, conv_kernel_size=3,
+                                               att_context_size=(4, 1)))
+    feats = torch.randn(3, 80, 50) * torch.linspace(1, 5, 80)[:, None] - 7
+    lengths = torch.tensor([50, 31, 12])
+    encoder.set_feature_stats(feats, lengths)
+    frames = np.concatenate([feats[b, :, :n].numpy().T for b, n in enumerate(lengths.tolist())])  # [N, M]
+    normalised = (frames - frames.mean(0)) / frames.std(0, ddof=1)
+    got = encoder.normalize(feats)
+    got = np.concatenate([got[b, :, :n].numpy().T for b, n in enumerate(lengths.tolist())])
+    np.testing.assert_allclose(got, normalised, atol=1e-4)

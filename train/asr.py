@@ -222,6 +222,24 @@ class Batch:
     audio_seconds: float  # audio in the batch (after speed perturbation)
 
 
+FEATURE_STATS_UTTERANCES = 200  # training utterances sampled for the encoder's input mean / std
+
+
+def set_feature_stats(model: Transducer, rows: list[dict], cfg: ASRTrainingConfig, device: torch.device) -> None:
+    """Per-mel mean and std of the log-mel features of a seeded sample of training rows
+    (the same on every rank), stored in the encoder (`ConformerEncoder.normalize`)."""
+    rng = np.random.default_rng(cfg.train.seed)
+    picks = rng.choice(len(rows), size=min(FEATURE_STATS_UTTERANCES, len(rows)), replace=False)
+    audio = [load_audio(rows[i]["audio_filepath"], cfg.model.features.sample_rate) for i in picks]
+    lengths = torch.tensor([len(a) for a in audio])
+    pcm = torch.zeros(len(audio), int(lengths.max()))  # [B, S]
+    for b, a in enumerate(audio):
+        pcm[b, :len(a)] = torch.from_numpy(a)
+    with torch.no_grad():
+        feats, feat_lengths = model.preprocessor(pcm.to(device), lengths.to(device))  # [B, M, T]
+    model.encoder.set_feature_stats(feats, feat_lengths)
+
+
 def make_batch(rows: list[dict], tokens: list[list[int]], indices: list[int], model: Transducer,
                cfg: ASRTrainingConfig, rng: np.random.Generator, device: torch.device) -> Batch:
     """Read, speed-perturb, featurise and SpecAugment the utterances `indices`."""
@@ -304,6 +322,8 @@ def train(cfg: ASRTrainingConfig, args, dist, out: Path, log: JSONLLogger) -> in
     # ---- model and optimizer
     seed_everything(tc.seed)
     model = Transducer(cfg.model, tokenizer).to(dist.device)
+    if not args.resume:  # the encoder's fixed input normalisation, from a sample of training audio
+        set_feature_stats(model, rows, cfg, dist.device)
     torch.manual_seed(tc.seed + 1 + dist.rank)  # each rank its own dropout stream
     params = sum(p.numel() for p in model.parameters())
     ddp = model
