@@ -470,6 +470,7 @@ class Session:
             speech_end = self._wall_time_of(self.last_speech_end) if not self.vad.speaking else None
             self.times[action.turn_id] = TurnTimes(speech_end=speech_end, turn_end=time.monotonic())
             self.responder_turn = action.turn_id
+            self.turns.bot_started(action.turn_id)  # at once: barge-in rules apply from here
             self.cancel_llm = threading.Event()
             self.responder = asyncio.create_task(self._respond(action.turn_id, action.text, speaker),
                                                  name=f"{self.id}-turn{action.turn_id}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -285,17 +284,6 @@ def test_reset_equals_fresh(stream_signal):
     vad.reset()
     assert vad.time == 0 and not vad.speaking and vad.noise_floor_dbfs is None
     assert vad.process(stream_signal) == first
-
-
-def test_cost_per_frame(stream_signal):
-    """20 ms chunks (a typical client frame): well under 1 ms of CPU per 10 ms frame (measured
-    ~0.05 ms). CPU time, not wall time, so a busy shared machine does not fail it."""
-    vad = VAD()
-    started = time.process_time()
-    for pos in range(0, stream_signal.size, 320):
-        vad.process(stream_signal[pos:pos + 320])
-    per_frame = (time.process_time() - started) / (stream_signal.size // 160)
-    assert per_frame < 1e-3, per_frame
 
 
 # ---------------------------------------------------------------------------------------
