@@ -154,6 +154,21 @@ class CausalConvSubsampling(nn.Module):
         for _ in range(self.stages):
             freq = freq // 2 + 1  # NeMo's causal padding (2 left, 1 right): 80 -> 41 -> 21 -> 11
         self.out = nn.Linear(conv_channels * freq, d_model)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """He (Kaiming) normal init of the convolutions (fan-in, ReLU gain) and a zero-bias `out`.
+        PyTorch's default init shrinks the signal ~5x per depthwise + pointwise stage, so at step 0
+        the output was almost the constant bias (time-std / mean ~ 0.005 on normalised log-mels)
+        and the demo run learned an input-independent encoder; with this init the stages keep
+        the input's variation."""
+        for module in self.conv:
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.out.weight, std=self.out.in_features ** -0.5)
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Subsample a batch, or a streaming window of it.
