@@ -102,13 +102,17 @@ class Models:
         backend: a chat backend (`minivox.chat.LocalBackend` or `OpenAIBackend`).
         tools: makes a fresh tool registry per session (timers are per user).
         speaker_tracker: makes a per-session `SpeakerTracker` (the diarizer), or None.
+        transcriber: makes a per-session streaming recogniser (`step(pcm16k) -> [ASRResult]`,
+            `reset()`); default `minivox.asr.StreamingTranscriber(asr)`.
     """
 
     def __init__(self, asr, tts, backend, tools: Callable[[], Any] | None = None,
-                 speaker_tracker: Callable[[], SpeakerTracker] | None = None):
+                 speaker_tracker: Callable[[], SpeakerTracker] | None = None,
+                 transcriber: Callable[[], Any] | None = None):
         self.asr, self.tts, self.backend = asr, tts, backend
         self.tools = tools
         self.speaker_tracker = speaker_tracker
+        self.transcriber = transcriber
         self.asr_pool = ThreadPoolExecutor(1, thread_name_prefix="asr")
         self.tts_pool = ThreadPoolExecutor(1, thread_name_prefix="tts")
         self.llm_pool = ThreadPoolExecutor(4, thread_name_prefix="llm")  # waits on the backend's own lock
@@ -293,7 +297,8 @@ class Session:
         self.models, self.cfg, self._send = models, config, send
         self.id = session_id or uuid.uuid4().hex[:12]
         self.stream = proto.ClientStream()
-        self.transcriber = StreamingTranscriber(models.asr, silence_reset_s=config.silence_reset_s)
+        self.transcriber = models.transcriber() if models.transcriber else \
+            StreamingTranscriber(models.asr, silence_reset_s=config.silence_reset_s)
         self.vad = VAD(config.vad)
         self.turns = TurnTaker(config.turns)
         tools = models.tools() if models.tools else None
@@ -668,7 +673,10 @@ class Session:
                 await asyncio.sleep(max(0.0, playhead - time.monotonic()))  # until its speech has played
                 if turn_id not in self.interrupted:
                     self.turns.bot_finished(turn_id)
-                    await self._send_now(self._metrics(turn_id))
+                    for event in self._metrics(turn_id):
+                        if self.log:
+                            self.log.event("out", json.loads(event))
+                        await self._send_now([event])
                 continue
             if isinstance(message, tuple):  # ("audio", pcm16)
                 pcm = message[1]
