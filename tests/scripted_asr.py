@@ -1,0 +1,88 @@
+"""A scripted stand-in for the streaming ASR, for tests of the agent's pipeline and web client.
+
+`ScriptedTranscriber` has the StreamingTranscriber interface (`step(pcm16k) -> [ASRResult]`,
+`reset()`) and "hears" the next utterance of its script whenever it detects speech by energy:
+the first two words 300 ms into the speech, the rest and an <EOU> final 300 ms after the speech
+stops. So pipeline tests check turn-taking, barge-in, event order, isolation and timing whatever
+the ASR model's accuracy. Run as a script, it serves the real agent (bundled LLM and TTS) with
+this recogniser, for the browser test:
+
+    python tests/scripted_asr.py --port 8765 "what time is it" ["next utterance" ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections import deque
+
+import numpy as np
+
+from minivox.asr import ASRResult
+
+SPEECH_RMS = 0.01  # a 10 ms frame louder than this is speech for the scripted recogniser
+
+
+class ScriptedTranscriber:
+    """Speaks its script's utterances in order as speech segments end (see the module docstring)."""
+
+    def __init__(self, script: list[str]):
+        self.script = deque(script)
+        self.heard: list[np.ndarray] = []  # every chunk received (16 kHz)
+        self.reset()
+
+    def reset(self) -> None:
+        self.buffer = np.zeros(0, np.float32)
+        self.samples, self.speech, self.silence, self.words = 0, 0, 0, None
+
+    def step(self, pcm, sample_rate: int = 16000) -> list[ASRResult]:
+        assert sample_rate == 16000 and pcm.dtype == np.float32 and pcm.ndim == 1
+        self.heard.append(pcm.copy())
+        self.buffer = np.concatenate([self.buffer, pcm])
+        out = []
+        while len(self.buffer) >= 160:
+            frame, self.buffer = self.buffer[:160], self.buffer[160:]
+            self.samples += 160
+            now = self.samples / 16000
+            if np.sqrt(np.mean(frame ** 2)) > SPEECH_RMS:
+                self.speech, self.silence = self.speech + 1, 0
+                if self.speech == 30 and self.script:  # 300 ms into speech: the first two words
+                    self.words = self.script.popleft().split()
+                    out.append(ASRResult(" ".join(self.words[:2]), False, 0.01, 0.0, audio_time=now))
+            elif self.speech:
+                self.silence += 1
+                if self.silence == 30:  # 300 ms after the speech: the rest, and <EOU>
+                    if self.words is not None:
+                        rest = " ".join(self.words[2:])
+                        out.append(ASRResult(" " + rest if rest else "", False, 0.2, 0.0, audio_time=now))
+                        out.append(ASRResult("", True, 0.9, 0.0, eou_latency=0.3, audio_time=now))
+                    self.speech, self.silence, self.words = 0, 0, None
+        return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("script", nargs="+", help="utterances every session hears, in order")
+    args = parser.parse_args()
+
+    from minivox.chat import LocalBackend, demo_tools
+    from minivox.pretrained import PRETRAINED_DIR
+    from minivox.serve.pipeline import Models
+    from minivox.serve.server import ServerConfig, serve_until_signal
+    from minivox.tts import TTS
+
+    models = Models(None, TTS.from_checkpoints(), LocalBackend.from_checkpoint(str(PRETRAINED_DIR / "llm_demo.pt")),
+                    tools=demo_tools, transcriber=lambda: ScriptedTranscriber(args.script))
+    ready = lambda server: print(f"listening on {server.url}", flush=True)  # noqa: E731
+    try:
+        asyncio.run(serve_until_signal(models, ServerConfig(host=args.host, port=args.port), ready))
+    finally:
+        models.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
