@@ -315,8 +315,7 @@ class Session:
         self.responder_turn = 0
         self.llm_future: asyncio.Future | None = None  # the thread running the latest LLM reply
         self.cancel_llm = threading.Event()
-        self.resampler = None
-        self.channels = 1
+        self.resampler = None  # client rate -> 16 kHz, once the format is known
         self.heard = 0  # 16 kHz samples received
         self.arrivals: list[tuple[float, float]] = []  # (stream time s, wall time) of recent chunks
         self.turn_start_time = 0.0  # stream time of the current utterance's first speech
@@ -371,7 +370,6 @@ class Session:
                             return
                     elif isinstance(item, proto.ClientReady):
                         fmt = item.audio
-                        self.channels = fmt.channels
                         self.resampler = Resampler(fmt.sample_rate, ASR_RATE) if fmt.sample_rate != ASR_RATE else None
                         self._queue(None, proto.event("bot-ready", session_id=self.id, version=proto.PROTOCOL_VERSION,
                                                       audio_out={"sample_rate": self.out_rate, "channels": 1,
@@ -386,7 +384,10 @@ class Session:
                         await self._reset_context()
                     # ClientPlayback: informational (playback position); nothing to do yet
         finally:
-            await self.audio_in.put(None)
+            try:
+                self.audio_in.put_nowait(None)  # the listener's end marker (if full, it is being cancelled)
+            except asyncio.QueueFull:
+                pass
             self.closed.set()
 
     async def _reset_context(self) -> None:
