@@ -96,6 +96,10 @@ class ASRConfig:
     joint: JointConfig = field(default_factory=JointConfig)
     features: FeatureConfig = field(default_factory=lambda: ASR_FEATURES)  # log-mel frontend (DESIGN §4)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    # An auxiliary CTC output layer on the encoder (Linear(D, V + 1), blank last), as NeMo's hybrid
+    # RNNT-CTC models and ESPnet's transducer recipes (aux CTC weight 0.3). A training aid: train/asr.py
+    # adds `ctc_weight` x its CTC loss, which keeps the encoder acoustic (see `Transducer.forward`).
+    ctc_head: bool = False
 
     def __post_init__(self):
         if self.features.n_mels != self.encoder.feat_in:
@@ -258,6 +262,7 @@ class Transducer(nn.Module):
         self.encoder = ConformerEncoder(cfg.encoder)
         self.decoder = PredictionNet(V, cfg.decoder)
         self.joint = Joint(cfg.encoder.d_model, cfg.decoder.pred_hidden, V, cfg.joint)
+        self.ctc_decoder = nn.Linear(cfg.encoder.d_model, V + 1) if cfg.ctc_head else None  # blank = V
         self.tokenizer: Tokenizer | None = None
         if tokenizer is not None:
             self.set_tokenizer(tokenizer)
@@ -281,9 +286,24 @@ class Transducer(nn.Module):
 
     # ---- training and offline inference -----------------------------------------------
 
+    def ctc_log_probs(self, enc: torch.Tensor) -> torch.Tensor:
+        """Auxiliary CTC head: encoder frames [B, T, D] -> log-probabilities [B, T, V + 1] (blank = V)."""
+        if self.ctc_decoder is None:
+            raise ValueError("this model has no CTC head (ASRConfig.ctc_head = false)")
+        return self.ctc_decoder(enc).log_softmax(-1)
+
     def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor, targets: torch.Tensor,
-                target_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                target_lengths: torch.Tensor, with_ctc: bool = False):
         """RNN-T logits for a batch (what the loss reads).
+
+        Why the auxiliary CTC head (`with_ctc`, measured in the demo runs): the RNN-T loss alone has an
+        acoustics-free basin. The prediction net is a language model, and the encoder can supply a
+        position "clock" from its causal padding and attention-window edges; that pair emits tokens at
+        a plausible rate without listening. In that basin the input-dependent part of the encoder
+        output is noise to the joint, so training removes it (each layer adds near-constant vectors
+        that swamp its LayerNorm-ed residual; 8 layers took the cross-utterance difference from 0.5
+        to 3e-5) and the gradient into the acoustic path vanishes. CTC has no language model to fall
+        back on, so its loss keeps the encoder listening.
 
         Decoding restarts the prediction net after `<EOU>` / `<EOB>` (`StreamingTranscriber`,
         `transcribe`), so the frames after one are read from the start symbol's state. Training
@@ -295,8 +315,9 @@ class Transducer(nn.Module):
         Args:
             feats: [B, M, T_feat] log-mel features; feat_lengths [B].
             targets: [B, U] token ids (anything beyond target_lengths [B] is ignored).
+            with_ctc: also return the CTC head's log-probabilities [B, T, V + 1].
         Returns:
-            (logits [B, T, U + 1, V + 1], encoded lengths [B])
+            (logits [B, T, U + 1, V + 1], encoded lengths [B]) or, with_ctc, (logits, lengths, ctc log-probs)
         """
         if targets.ndim != 2 or target_lengths.shape != (targets.shape[0],):
             raise ValueError(f"expected targets [B, U] and target_lengths [B], got {tuple(targets.shape)} "
@@ -313,6 +334,8 @@ class Transducer(nn.Module):
             ends = (target_lengths > 0) & torch.isin(last, torch.tensor(reset_ids, device=targets.device))  # [B]
             after_end = ends[:, None] & (torch.arange(U + 1, device=targets.device)[None, :] == target_lengths[:, None])
             g = torch.where(after_end[:, :, None], g[:, :1], g)  # [B, U + 1, H]: the restarted state
+        if with_ctc:
+            return self.joint(enc, g), enc_lengths, self.ctc_log_probs(enc)
         return self.joint(enc, g), enc_lengths
 
     @torch.no_grad()

@@ -384,3 +384,61 @@ def test_feature_stats_normalise_training_features():
     got = encoder.normalize(feats)
     got = np.concatenate([got[b, :, :n].numpy().T for b, n in enumerate(lengths.tolist())])
     np.testing.assert_allclose(got, normalised, atol=1e-4)
+
+
+def _ctc_by_enumeration(log_probs: torch.Tensor, target: list[int], blank: int) -> torch.Tensor:
+    """-log sum over every frame labelling [T] that collapses (merge repeats, drop blanks) to target."""
+    import itertools
+
+    T, C = log_probs.shape
+    total = []
+    for path in itertools.product(range(C), repeat=T):
+        collapsed = [c for i, c in enumerate(path) if c != blank and (i == 0 or c != path[i - 1])]
+        if collapsed == target:
+            total.append(sum(log_probs[t, c] for t, c in enumerate(path)))
+    return -torch.logsumexp(torch.stack(total), 0)
+
+
+def test_training_loss_is_rnnt_plus_weighted_ctc_by_enumeration():
+    """training_loss = RNN-T (mean over the batch) + ctc_weight x CTC of the encoder head, the CTC term
+    checked against brute-force enumeration of frame labellings (tiny T and vocabulary)."""
+    from minivox.kernels import rnnt_loss_reference
+
+    tok = Tokenizer.train([s + EOU for s in SENTENCES * 3], 40)
+    cfg = load_model_config(TINY, ["tokenizer.vocab_size=40", "ctc_head=true", "decoder.dropout=0.0",
+                                   "joint.dropout=0.0", "encoder.dropout=0.0", "encoder.dropout_att=0.0",
+                                   "encoder.dropout_pre_encoder=0.0"])
+    torch.manual_seed(0)
+    model = Transducer(cfg, tok).eval()
+    feats, feat_lengths = torch.randn(2, 80, 25), torch.tensor([25, 17])  # -> 4 and 3 encoder frames
+    targets, target_lengths = torch.tensor([[1, 2], [2, 0]]), torch.tensor([2, 1])
+    batch = train_asr.Batch(feats, feat_lengths, targets, target_lengths, 1.0)
+    tc = train_asr.TrainConfig(ctc_weight=0.3, fastemit_lambda=0.0)
+    loss, parts = train_asr.training_loss(model, batch, tc)
+    with torch.no_grad():
+        logits, enc_lengths, ctc_lp = model(feats, feat_lengths, targets, target_lengths, with_ctc=True)
+        rnnt = rnnt_loss_reference(logits.double(), targets, enc_lengths, target_lengths)
+        blank = ctc_lp.shape[-1] - 1
+        ctc = []
+        for b in range(2):
+            n = int(enc_lengths[b])
+            # Enumerate over {1, 2, blank} only: paths through other classes cannot collapse to the target.
+            sub = ctc_lp[b, :n][:, [0, 1, 2, blank]].double()  # class 3 here = blank
+            target = [int(t) for t in targets[b, :target_lengths[b]]]
+            ctc.append(_ctc_by_enumeration(sub, target, blank=3))
+    assert enc_lengths.tolist() == [4, 3]
+    torch.testing.assert_close(parts["ctc"], float(torch.stack(ctc).mean()), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(parts["rnnt"], float(rnnt), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(loss.item(), float(rnnt) + 0.3 * float(torch.stack(ctc).mean()), rtol=1e-5, atol=1e-4)
+    # The CTC term reaches the subsampling convolutions (the path the RNN-T-only runs starved).
+    loss.backward()
+    assert float(model.encoder.pre_encode.conv[0].weight.grad.abs().sum()) > 0
+    assert float(model.ctc_decoder.weight.grad.abs().sum()) > 0
+
+
+def test_ctc_weight_needs_a_ctc_head():
+    cfg = train_asr.ASRTrainingConfig()
+    cfg.train.ctc_weight = 0.3
+    cfg.model.ctc_head = False
+    with pytest.raises(ValueError, match="ctc_weight must be 0, or > 0 with model.ctc_head = true"):
+        train_asr.train(cfg, None, None, Path("/nonexistent"), None)

@@ -43,6 +43,7 @@ Recipe, in the order the loop runs it:
     speed perturbation and save little; the log's data_s vs step_s shows the split).
   - SpecAugment (Park et al. 2019): frequency and time masks (`spec_augment` below).
   - RNN-T loss (minivox.kernels.rnnt_loss) with FastEmit (Yu et al. 2021) for earlier emissions,
+    plus `ctc_weight` x an auxiliary CTC loss on the encoder (model.ctc_head; why: Transducer.forward),
     AdamW, linear warm-up then cosine decay, gradient clipping.
   - Every `eval_every` steps rank 0 transcribes dev utterances with greedy decoding (the
     streaming transcriber's search, `Transducer.transcribe`) and logs the WER.
@@ -111,6 +112,7 @@ class TrainConfig:
     decay: str = "cosine"  # "cosine" or "constant" after warm-up
     grad_clip: float = 1.0  # max global gradient norm
     fastemit_lambda: float = 0.005  # FastEmit regularisation (NeMo's streaming recipes: 0.005-0.01); 0 = off
+    ctc_weight: float = 0.0  # loss = RNN-T + ctc_weight * CTC on the encoder (needs model.ctc_head; ESPnet: 0.3)
     log_every: int = 25  # steps between loss lines in log.jsonl
     eval_every: int = 1000  # steps between dev WER evaluations (also at max_steps); 0 = only at max_steps
     checkpoint_every: int = 250  # steps between state.pt / last.pt saves (also at exit)
@@ -262,6 +264,27 @@ def make_batch(rows: list[dict], tokens: list[list[int]], indices: list[int], mo
     return Batch(feats, feat_lengths, targets.to(device), target_lengths.to(device), float(lengths.sum()) / rate)
 
 
+def training_loss(model, batch: Batch, tc: TrainConfig) -> tuple[torch.Tensor, dict]:
+    """RNN-T loss (+ ctc_weight x CTC loss) of a batch, both summed over each utterance and
+    averaged over the batch. Returns (loss to minimise, {"rnnt": float, "ctc": float if used})."""
+    ctc_lp = None
+    if tc.ctc_weight > 0:
+        logits, enc_lengths, ctc_lp = model(batch.feats, batch.feat_lengths, batch.targets, batch.target_lengths,
+                                            with_ctc=True)  # ctc_lp [B, T, V + 1]
+    else:
+        logits, enc_lengths = model(batch.feats, batch.feat_lengths, batch.targets, batch.target_lengths)
+    loss = rnnt_loss(logits, batch.targets, enc_lengths, batch.target_lengths,
+                     fastemit_lambda=tc.fastemit_lambda)  # [B, T, U + 1, V + 1] -> mean over B
+    parts = {"rnnt": loss.item()}
+    if ctc_lp is not None:
+        ctc = torch.nn.functional.ctc_loss(
+            ctc_lp.transpose(0, 1), batch.targets, enc_lengths, batch.target_lengths, blank=ctc_lp.shape[-1] - 1,
+            reduction="sum", zero_infinity=True) / ctc_lp.shape[0]  # [T, B, V + 1] -> mean over B
+        parts["ctc"] = ctc.item()
+        loss = loss + tc.ctc_weight * ctc
+    return loss, parts
+
+
 def evaluate(model: Transducer, rows: list[dict], audio: list[np.ndarray], eob_backchannels: bool) -> dict:
     """Greedy-decode `audio` (the streaming search, offline) -> WER and how often the right end token came."""
     hyps = model.transcribe(audio)
@@ -296,6 +319,9 @@ def train(cfg: ASRTrainingConfig, args, dist, out: Path, log: JSONLLogger) -> in
     from tqdm import tqdm
 
     tc, dc = cfg.train, cfg.data
+    if tc.ctc_weight < 0 or (tc.ctc_weight > 0 and not cfg.model.ctc_head):
+        raise ValueError(f"train.ctc_weight must be 0, or > 0 with model.ctc_head = true; got ctc_weight="
+                         f"{tc.ctc_weight}, ctc_head={cfg.model.ctc_head}")
     out.mkdir(parents=True, exist_ok=True)
 
     # ---- data and tokenizer
@@ -383,7 +409,7 @@ def train(cfg: ASRTrainingConfig, args, dist, out: Path, log: JSONLLogger) -> in
     bar = tqdm(total=tc.max_steps, initial=step, disable=not dist.is_main, dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 60.0, desc="asr")
     run_end = tc.max_steps if tc.run_steps <= 0 else min(tc.max_steps, step + tc.run_steps)
-    window = {"loss": 0.0, "n": 0, "audio_s": 0.0, "data_s": 0.0, "step_s": 0.0}
+    window = {"loss": 0.0, "ctc_loss": 0.0, "n": 0, "audio_s": 0.0, "data_s": 0.0, "step_s": 0.0}
     model.train()
     try:
         while step < run_end:
@@ -392,12 +418,9 @@ def train(cfg: ASRTrainingConfig, args, dist, out: Path, log: JSONLLogger) -> in
             rng = np.random.default_rng([tc.seed, dist.rank, step])
             batch = make_batch(rows, tokens, indices, model, cfg, rng, dist.device)
             data_s = time.perf_counter() - started
-            logits, enc_lengths = ddp(batch.feats, batch.feat_lengths, batch.targets, batch.target_lengths)
-            loss = rnnt_loss(logits, batch.targets, enc_lengths, batch.target_lengths,
-                             fastemit_lambda=tc.fastemit_lambda)  # [B, T, U + 1, V + 1] -> mean over B
+            loss, parts = training_loss(ddp, batch, tc)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            del logits
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             if torch.isfinite(grad_norm):  # gradients are all-reduced: every rank agrees
                 optimizer.step()
@@ -406,7 +429,8 @@ def train(cfg: ASRTrainingConfig, args, dist, out: Path, log: JSONLLogger) -> in
             elapsed = time.perf_counter() - started
             extra["wall_s"] += elapsed
             extra["audio_s"] += batch.audio_seconds * dist.world_size
-            window["loss"] += loss.item()
+            window["loss"] += parts["rnnt"]
+            window["ctc_loss"] += parts.get("ctc", 0.0)
             window["n"] += 1
             window["audio_s"] += batch.audio_seconds
             window["data_s"] += data_s
@@ -414,8 +438,10 @@ def train(cfg: ASRTrainingConfig, args, dist, out: Path, log: JSONLLogger) -> in
             bar.update(1)
             if step % tc.log_every == 0 or step == run_end:
                 mean_loss = all_reduce_mean(window["loss"] / window["n"], dist)
+                ctc_loss = {"ctc_loss": round(all_reduce_mean(window["ctc_loss"] / window["n"], dist), 4)} \
+                    if tc.ctc_weight > 0 else {}
                 bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
-                log.log(event="train", step=step, epoch=batches.epoch, loss=round(mean_loss, 4),
+                log.log(event="train", step=step, epoch=batches.epoch, loss=round(mean_loss, 4), **ctc_loss,
                         lr=scheduler.get_last_lr()[0], grad_norm=round(float(grad_norm), 3),
                         audio_s=round(window["audio_s"], 1), data_s=round(window["data_s"], 2),
                         step_s=round(window["step_s"], 2),
