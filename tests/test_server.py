@@ -21,6 +21,8 @@ from collections import deque
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scripted_asr import ScriptedTranscriber
 
 from minivox.audio import resample
@@ -452,3 +454,23 @@ def test_healthz_and_page(base_models):
     health, page = with_server(models, get)
     assert health["status"] == "ok" and health["sessions"] == 0
     assert b"<html" in page.lower()
+
+
+@settings(max_examples=200, deadline=None)
+@given(cuts=st.lists(st.integers(1, 12), min_size=1, max_size=40))
+def test_sentence_aggregator_equals_split_sentences_for_any_token_stream(cuts):
+    """Streamed in any pieces, the aggregator's sentences (plus the flush) are split_sentences's,
+    except that the first may end early at a comma."""
+    from minivox.serve.pipeline import SentenceAggregator
+    from minivox.text import split_sentences
+
+    text = "Well, it's 3:54 PM. Dr. Smith said 3.5 is right! Is it? Yes, of course, see you soon."
+    aggregator, pieces, at = SentenceAggregator(), [], 0
+    for n in cuts:
+        pieces += aggregator.push(text[at:at + n])
+        at += n
+    pieces += aggregator.push(text[at:])
+    pieces.append(aggregator.flush())
+    expected = split_sentences(text)
+    assert " ".join(pieces) == " ".join(expected)
+    assert pieces[1:] == expected[1:] or pieces[0] + " " + pieces[1] == expected[0]
