@@ -1,6 +1,9 @@
-"""train/common.py: exact resume, resumable batch order, LR schedule."""
+"""train/common.py: exact resume, resumable batch order, LR schedule, graceful stop on a signal."""
 
 from __future__ import annotations
+
+import os
+import signal
 
 import pytest
 import torch
@@ -8,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minivox.train.common import (
+    Distributed,
+    GracefulStop,
     ResumableBatches,
     lr_factor,
     load_training_state,
@@ -95,3 +100,20 @@ def test_lr_factor_shape():
     assert lr_factor(50, 10, 110, decay="constant") == 1.0
     with pytest.raises(ValueError, match="decay must be"):
         lr_factor(0, 1, 2, decay="linear")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_graceful_stop_turns_a_signal_into_a_flag_and_restores_handlers(signum):
+    seen = []
+    before = signal.signal(signum, lambda *_: seen.append("previous"))
+    try:
+        stop = GracefulStop()
+        assert not stop.requested
+        os.kill(os.getpid(), signum)  # handled at the next bytecode: no KeyboardInterrupt, no exit
+        assert stop.requested and stop.agreed(Distributed())
+        assert seen == []  # the training loop's handler ran, not the previous one
+        stop.restore()
+        os.kill(os.getpid(), signum)
+        assert seen == ["previous"]  # restore() put the previous handler back
+    finally:
+        signal.signal(signum, before)

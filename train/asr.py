@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -78,9 +77,9 @@ from minivox.data.manifest import read_manifest
 from minivox.kernels import rnnt_loss
 from minivox.metrics import word_error_rate
 from minivox.text import Tokenizer
-from minivox.train.common import (JSONLLogger, ResumableBatches, all_reduce_mean, cleanup_distributed,
+from minivox.train.common import (GracefulStop, JSONLLogger, ResumableBatches, all_reduce_mean, cleanup_distributed,
                                   init_distributed, load_training_state, make_scheduler, parse_train_args,
-                                  save_training_state, seed_everything, unwrap)
+                                  save_training_state, seed_everything)
 
 # ---------------------------------------------------------------------------------------
 # Config: the [train] and [data] tables of configs/asr_*.toml ([model] is minivox.asr.ASRConfig).
@@ -303,7 +302,7 @@ def evaluate(model: Transducer, rows: list[dict], audio: list[np.ndarray], eob_b
 def main(argv: list[str] | None = None) -> int:
     args = parse_train_args(__doc__, "configs/asr_demo.toml", argv)
     cfg = load_config(ASRTrainingConfig, args.config, args.overrides)
-    tc, dc = cfg.train, cfg.data
+    tc = cfg.train
     dist = init_distributed(tc.device)
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
@@ -374,13 +373,7 @@ def train(cfg: ASRTrainingConfig, args, dist, out: Path, log: JSONLLogger) -> in
                 device=str(dist.device), train_rows=len(rows), batches_per_epoch=batches.per_epoch,
                 train_hours=sum(r["duration"] for r in rows) / 3600, config=asdict(cfg), resume=args.resume)
 
-    # ---- stop cleanly on Ctrl-C / SIGTERM: finish the step, save, exit
-    stop = {"requested": False}
-
-    def request_stop(signum, frame):
-        stop["requested"] = True
-
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = GracefulStop()  # Ctrl-C / SIGTERM: finish the step, save, exit
 
     def save() -> None:
         save_training_state(out / "state.pt", ddp, optimizer, scheduler, step, batches, extra)
@@ -452,11 +445,7 @@ def train(cfg: ASRTrainingConfig, args, dist, out: Path, log: JSONLLogger) -> in
                 run_eval()
             if step % tc.checkpoint_every == 0:
                 save()
-            if dist.world_size > 1:  # every rank must stop at the same step
-                flag = torch.tensor([float(stop["requested"])], device=dist.device)
-                torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
-                stop["requested"] = bool(flag.item())
-            if stop["requested"]:
+            if stop.agreed(dist):  # every rank stops at the same step
                 bar.write(f"stopping at step {step} (signal): saving {out / 'state.pt'}")
                 break
         save()
@@ -464,11 +453,10 @@ def train(cfg: ASRTrainingConfig, args, dist, out: Path, log: JSONLLogger) -> in
             run_eval()
         if dist.is_main:
             log.log(event="end", step=step, wall_s=round(extra["wall_s"], 1), audio_hours=extra["audio_s"] / 3600,
-                    best_wer=None if math.isinf(extra["best_wer"]) else extra["best_wer"], stopped=stop["requested"])
+                    best_wer=None if math.isinf(extra["best_wer"]) else extra["best_wer"], stopped=stop.requested)
     finally:
         bar.close()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        stop.restore()
     return 0
 
 

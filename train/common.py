@@ -25,6 +25,7 @@ import json
 import math
 import os
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,42 @@ def all_reduce_mean(value: float, dist: Distributed) -> float:
     tensor = torch.tensor([float(value)], dtype=torch.float64, device=dist.device)
     torch_dist.all_reduce(tensor)
     return float(tensor.item()) / dist.world_size
+
+
+class GracefulStop:
+    """Ctrl-C / SIGTERM while training: finish the current step, save, exit (never die mid-write).
+
+        stop = GracefulStop()  # installs the handlers
+        try:
+            while step < max_steps:
+                ...one step...
+                if stop.agreed(dist):
+                    break
+            save()
+        finally:
+            stop.restore()  # the previous handlers
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {s: signal.signal(s, self._request) for s in self.SIGNALS}
+
+    def _request(self, signum, frame) -> None:
+        self.requested = True
+
+    def agreed(self, dist: "Distributed") -> bool:
+        """Did any rank get a signal? All ranks agree, so all stop after the same step."""
+        if dist.world_size > 1:
+            flag = torch.tensor([float(self.requested)], device=dist.device)
+            torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
+            self.requested = bool(flag.item())
+        return self.requested
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def seed_everything(seed: int) -> None:

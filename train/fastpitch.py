@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -59,7 +58,7 @@ from minivox.data.manifest import read_manifest
 from minivox.fastpitch import FastPitch, FastPitchConfig, FastPitchLossWeights, fastpitch_losses
 from minivox.pitch import TTS_PITCH, estimate_pitch
 from minivox.text import normalize_text, tts_symbol_ids
-from minivox.train.common import (JSONLLogger, ResumableBatches, all_reduce_mean, cleanup_distributed,
+from minivox.train.common import (GracefulStop, JSONLLogger, ResumableBatches, all_reduce_mean, cleanup_distributed,
                                   init_distributed, load_training_state, make_scheduler, parse_train_args,
                                   save_training_state, seed_everything)
 
@@ -267,13 +266,7 @@ def train(cfg: FastPitchTrainingConfig, args, dist, out: Path, log: JSONLLogger)
                 train_hours=sum(frames) * TTS_FEATURES.hop_length / TTS_FEATURES.sample_rate / 3600,
                 config=asdict(cfg), resume=args.resume)
 
-    # ---- stop cleanly on Ctrl-C / SIGTERM: finish the step, save, exit
-    stop = {"requested": False}
-
-    def request_stop(signum, frame):
-        stop["requested"] = True
-
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = GracefulStop()  # Ctrl-C / SIGTERM: finish the step, save, exit
 
     def save() -> None:
         save_training_state(out / "state.pt", ddp, optimizer, scheduler, step, batches, extra)
@@ -333,22 +326,17 @@ def train(cfg: FastPitchTrainingConfig, args, dist, out: Path, log: JSONLLogger)
                 run_eval()
             if step % tc.checkpoint_every == 0:
                 save()
-            if dist.world_size > 1:  # every rank must stop at the same step
-                flag = torch.tensor([float(stop["requested"])], device=dist.device)
-                torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
-                stop["requested"] = bool(flag.item())
-            if stop["requested"]:
+            if stop.agreed(dist):  # every rank stops at the same step
                 bar.write(f"stopping at step {step} (signal): saving {out / 'state.pt'}")
                 break
         save()
         if dist.is_main and step >= tc.max_steps:
             run_eval()
         if dist.is_main:
-            log.log(event="end", step=step, wall_s=round(extra["wall_s"], 1), stopped=stop["requested"])
+            log.log(event="end", step=step, wall_s=round(extra["wall_s"], 1), stopped=stop.requested)
     finally:
         bar.close()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        stop.restore()
     return 0
 
 

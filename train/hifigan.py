@@ -40,7 +40,6 @@ CPU budget this gets an intelligible vocoder fast, and the GAN steps then remove
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -55,7 +54,7 @@ from minivox.config import load_config
 from minivox.data.manifest import read_manifest
 from minivox.hifigan import (HiFiGAN, HiFiGANConfig, HiFiGANLossWeights, discriminator_loss,
                              feature_matching_loss, generator_adversarial_loss)
-from minivox.train.common import (JSONLLogger, ResumableBatches, all_reduce_mean, cleanup_distributed,
+from minivox.train.common import (GracefulStop, JSONLLogger, ResumableBatches, all_reduce_mean, cleanup_distributed,
                                   init_distributed, load_training_state, make_scheduler, parse_train_args,
                                   save_training_state, seed_everything)
 
@@ -248,12 +247,7 @@ def train(cfg: HiFiGANTrainingConfig, args, dist, out: Path, log: JSONLLogger) -
                 device=str(dist.device), train_rows=len(rows), batches_per_epoch=batches.per_epoch,
                 config=asdict(cfg), resume=args.resume)
 
-    stop = {"requested": False}
-
-    def request_stop(signum, frame):
-        stop["requested"] = True
-
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = GracefulStop()  # Ctrl-C / SIGTERM: finish the step, save, exit
 
     def save() -> None:
         state_extra = {**extra, "optimizer_d": optim_d.state_dict()}
@@ -340,22 +334,17 @@ def train(cfg: HiFiGANTrainingConfig, args, dist, out: Path, log: JSONLLogger) -
                 run_eval()
             if step % tc.checkpoint_every == 0:
                 save()
-            if dist.world_size > 1:
-                flag = torch.tensor([float(stop["requested"])], device=dist.device)
-                torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
-                stop["requested"] = bool(flag.item())
-            if stop["requested"]:
+            if stop.agreed(dist):  # every rank stops at the same step
                 bar.write(f"stopping at step {step} (signal): saving {out / 'state.pt'}")
                 break
         save()
         if dist.is_main and step >= tc.max_steps:
             run_eval()
         if dist.is_main:
-            log.log(event="end", step=step, wall_s=round(extra["wall_s"], 1), stopped=stop["requested"])
+            log.log(event="end", step=step, wall_s=round(extra["wall_s"], 1), stopped=stop.requested)
     finally:
         bar.close()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        stop.restore()
     return 0
 
 

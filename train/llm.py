@@ -28,7 +28,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
-import signal
 import sys
 import time
 import zlib
@@ -39,15 +38,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from minivox.chat import (END_TOKEN, IGNORE_INDEX, ChatTemplate, format_tool_calls, parse_tool_calls,
-                          train_chat_tokenizer)
+from minivox.chat import IGNORE_INDEX, ChatTemplate, format_tool_calls, train_chat_tokenizer
 from minivox.config import load_config
 from minivox.data import dialogues as dialogue_data
 from minivox.llm import GPT, GPTConfig, SamplingConfig, generate, quantize_int8
 from minivox.text import Tokenizer
-from minivox.train.common import (JSONLLogger, ResumableBatches, cleanup_distributed, init_distributed,
-                                  load_training_state, lr_factor, parse_train_args, save_training_state,
-                                  seed_everything, unwrap)
+from minivox.train.common import (GracefulStop, JSONLLogger, ResumableBatches, cleanup_distributed,
+                                  init_distributed, load_training_state, lr_factor, parse_train_args,
+                                  save_training_state, seed_everything)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,14 +431,13 @@ def main(argv: list[str] | None = None) -> int:
         tqdm.write(json.dumps(record))
         model.train()
 
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    stop = GracefulStop()  # Ctrl-C / SIGTERM: finish the step, save, exit
     pre_stream, sft_stream = iter(pre_batches), iter(sft_batches)
     bar = tqdm(total=total_steps, initial=step, disable=not dist.is_main, desc="llm", dynamic_ncols=True)
     model.train()
     tokens_seen, window_start = 0, time.time()
     try:
-        while step < total_steps and not stop["now"] and not (cfg.stop_at and step >= cfg.stop_at):
+        while step < total_steps and not stop.agreed(dist) and not (cfg.stop_at and step >= cfg.stop_at):
             if step < cfg.pretrain.steps:
                 rows = pre_rows[next(pre_stream)]  # [B, L + 1]
                 x, y = rows[:, :-1], rows[:, 1:]
@@ -468,10 +465,11 @@ def main(argv: list[str] | None = None) -> int:
                 evaluate()
             if step % cfg.checkpoint_every == 0:
                 save_all()
-    except KeyboardInterrupt:
-        say("interrupted: saving the training state")
     finally:
         bar.close()
+        stop.restore()
+    if stop.requested:
+        say("interrupted: saving the training state")
     save_all(final=step >= total_steps)
     if dist.is_main and step >= total_steps:
         evaluate()
