@@ -293,7 +293,7 @@ class Transducer(nn.Module):
         return self.ctc_decoder(enc).log_softmax(-1)
 
     def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor, targets: torch.Tensor,
-                target_lengths: torch.Tensor, with_ctc: bool = False):
+                target_lengths: torch.Tensor, with_ctc: bool = False, with_rnnt: bool = True):
         """RNN-T logits for a batch (what the loss reads).
 
         Why the auxiliary CTC head (`with_ctc`, measured in the demo runs): the RNN-T loss alone has an
@@ -316,6 +316,7 @@ class Transducer(nn.Module):
             feats: [B, M, T_feat] log-mel features; feat_lengths [B].
             targets: [B, U] token ids (anything beyond target_lengths [B] is ignored).
             with_ctc: also return the CTC head's log-probabilities [B, T, V + 1].
+            with_rnnt: False skips the prediction net and joint (CTC-only training steps); logits is None.
         Returns:
             (logits [B, T, U + 1, V + 1], encoded lengths [B]) or, with_ctc, (logits, lengths, ctc log-probs)
         """
@@ -323,6 +324,10 @@ class Transducer(nn.Module):
             raise ValueError(f"expected targets [B, U] and target_lengths [B], got {tuple(targets.shape)} "
                              f"and {tuple(target_lengths.shape)}")
         enc, enc_lengths = self.encoder(feats, feat_lengths)  # [B, T, D]
+        if not with_rnnt:
+            if not with_ctc:
+                raise ValueError("with_rnnt=False needs with_ctc=True (nothing to return otherwise)")
+            return None, enc_lengths, self.ctc_log_probs(enc)
         U = targets.shape[1]
         in_target = torch.arange(U, device=targets.device)[None, :] < target_lengths[:, None]  # [B, U]
         tokens = torch.where(in_target, targets, self.blank_id)  # padding reads as blank (zero embedding)

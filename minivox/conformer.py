@@ -419,6 +419,20 @@ class ConformerLayer(nn.Module):
         self.feed_forward2 = ConformerFeedForward(d, d * cfg.ff_expansion_factor, cfg.dropout)
         self.dropout = nn.Dropout(cfg.dropout)
         self.norm_out = nn.LayerNorm(d)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Zero the last projection of each residual branch (feed-forwards, attention output,
+        convolution), so a new layer is x -> norm_out(x) and a new encoder passes its subsampled
+        input through (SkipInit, De & Smith 2020; zero-gamma, Goyal et al. 2017). With the default
+        init the 8 random layers of the demo model scrambled the input: the CTC head first saw
+        noise, and training drove the encoder to an input-independent output within ~600 steps
+        (minivox/pretrained/MODEL_CARD.md)."""
+        for out in (self.feed_forward1.linear2, self.feed_forward2.linear2, self.self_attn.linear_out,
+                    self.conv.pointwise_conv2):
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
 
     def forward(self, x: torch.Tensor, pos_emb: torch.Tensor, att_mask: torch.Tensor, valid: torch.Tensor,
                 cache_channel: torch.Tensor | None = None, cache_time: torch.Tensor | None = None

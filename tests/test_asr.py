@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minivox.asr import EOB, EOU, SILENCE_RESET_S, StreamingTranscriber, Transducer, load_model_config
-from minivox.conformer import (ConformerConfig, ConformerEncoder, RelPositionMultiHeadAttention,
+from minivox.conformer import (ConformerConfig, ConformerEncoder, ConformerLayer, RelPositionMultiHeadAttention,
                                causal_depthwise_conv, chunked_limited_mask, rel_shift, rel_shift_reference,
                                relative_positional_encoding, subsampled_length)
 from minivox.decoding import greedy_batch
@@ -38,7 +38,19 @@ def tiny_encoder(seed=0, **overrides) -> ConformerEncoder:
     torch.manual_seed(seed)
     encoder = ConformerEncoder(ConformerConfig(**cfg)).eval()
     set_random_feature_stats(encoder)
+    randomize_residual_branches(encoder)
     return encoder
+
+
+def randomize_residual_branches(module: torch.nn.Module) -> None:
+    """Random weights in the residual-branch outputs that ConformerLayer zero-initialises, so that
+    every equivalence check below runs through attention, convolution and feed-forwards too
+    (drawn from the global generator: callers seed it)."""
+    for layer in module.modules():
+        if isinstance(layer, ConformerLayer):
+            for out in (layer.feed_forward1.linear2, layer.feed_forward2.linear2, layer.self_attn.linear_out,
+                        layer.conv.pointwise_conv2):
+                out.reset_parameters()
 
 
 def set_random_feature_stats(encoder: ConformerEncoder) -> None:
@@ -52,6 +64,22 @@ def set_random_feature_stats(encoder: ConformerEncoder) -> None:
 # ---------------------------------------------------------------------------------------
 # Encoder pieces against readable references.
 # ---------------------------------------------------------------------------------------
+
+
+def test_a_new_layer_is_its_output_norm():
+    """SkipInit: before training, every residual branch adds exactly zero, so a layer is
+    x -> norm_out(x) and the encoder passes its subsampled input through."""
+    cfg = ConformerConfig(n_layers=1, d_model=32, n_heads=4, conv_kernel_size=5, att_context_size=(4, 1))
+    torch.manual_seed(0)
+    layer = ConformerLayer(cfg).eval()
+    x = torch.randn(2, 9, 32) * 3 + 1
+    T = x.shape[1]
+    mask = chunked_limited_mask(torch.arange(T), torch.arange(T), cfg.att_context_size)[None].expand(2, T, T)
+    y, _, _ = layer(x, relative_positional_encoding(T - 1, -(T - 1), 32), mask, torch.ones(2, T, dtype=torch.bool))
+    torch.testing.assert_close(y, layer.norm_out(x), rtol=0, atol=1e-6)
+    randomize_residual_branches(layer)
+    y, _, _ = layer(x, relative_positional_encoding(T - 1, -(T - 1), 32), mask, torch.ones(2, T, dtype=torch.bool))
+    assert (y - layer.norm_out(x)).abs().max() > 0.1  # the helper the other tests use makes the branches count
 
 
 @settings(max_examples=30, deadline=None)
@@ -262,6 +290,7 @@ def tiny_model(tokenizer, seed=0, blank_frac=None, eou_frac=None, eob_frac=None)
     cfg = load_model_config(CONFIGS / "asr_tiny.toml", [f"tokenizer.vocab_size={tokenizer.vocab_size}"])
     torch.manual_seed(seed)
     model = Transducer(cfg, tokenizer).eval()
+    randomize_residual_branches(model)
     if blank_frac is None:
         return model
     with torch.no_grad():
@@ -329,7 +358,7 @@ def test_transcribe_batch_equals_each_alone(tokenizer):
 @pytest.fixture(scope="module")
 def eou_model(tokenizer):
     """A random model that emits text and, now and then, <EOU> and <EOB> (checked: the tests below need them)."""
-    model = tiny_model(tokenizer, seed=13, blank_frac=0.7, eou_frac=0.1, eob_frac=0.05)
+    model = tiny_model(tokenizer, seed=18, blank_frac=0.7, eou_frac=0.1, eob_frac=0.05)
     hyp = model.transcribe(noise(6.0))[0]
     eou, eob = tokenizer.piece_to_id(EOU), tokenizer.piece_to_id(EOB)
     assert hyp.y_sequence.count(eou) >= 2 and hyp.y_sequence.count(eob) >= 1 and len(hyp.text) > 5, hyp.y_sequence

@@ -152,19 +152,23 @@ def test_presets_hold_valid_train_and_data_tables():
 
 def test_torchrun_two_processes_gloo(tmp_path):
     """`torchrun --nproc_per_node=2` on asr_tiny: DDP keeps both ranks' weights equal, the loss is
-    logged for every step, and the inference checkpoint loads and transcribes."""
+    logged for every step (2 CTC-only steps, then RNN-T + CTC), and the inference checkpoint loads
+    and transcribes."""
     train, dev = tone_corpus(tmp_path / "data")
     out = tmp_path / "run"
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "minivox.train.asr", "--config", str(TINY),
-           "--out", str(out), f"data.train_manifest={train}", f"data.dev_manifest={dev}", "model.tokenizer.vocab_size=40"]
+           "--out", str(out), f"data.train_manifest={train}", f"data.dev_manifest={dev}", "model.tokenizer.vocab_size=40",
+           "train.ctc_only_steps=2", "train.log_every=1"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert log[0]["event"] == "start" and log[0]["world_size"] == 2
     assert [r["step"] for r in log if r["event"] == "train"] == [1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) for r in log if r["event"] == "train")
+    assert [("rnnt_loss" in r, "ctc_loss" in r) for r in log if r["event"] == "train"] == \
+        [(False, True)] * 2 + [(True, True)] * 2
     assert [r["step"] for r in log if r["event"] == "eval"] == [4] and log[-1]["event"] == "end"
     rank0 = torch.load(out / "state.pt", weights_only=False)
     rank1 = torch.load(out / "state.pt.rank1", weights_only=False)
@@ -434,6 +438,28 @@ def test_training_loss_is_rnnt_plus_weighted_ctc_by_enumeration():
     loss.backward()
     assert float(model.encoder.pre_encode.conv[0].weight.grad.abs().sum()) > 0
     assert float(model.ctc_decoder.weight.grad.abs().sum()) > 0
+
+
+def test_ctc_only_steps_train_the_encoder_alone():
+    """Before ctc_only_steps the loss is the CTC head's alone (the value the RNN-T + CTC step logs as
+    its CTC part) and neither the prediction net nor the joint gets a gradient; from then on both terms."""
+    tok = Tokenizer.train([s + EOU for s in SENTENCES * 3], 40)
+    cfg = load_model_config(TINY, ["tokenizer.vocab_size=40", "ctc_head=true", "decoder.dropout=0.0",
+                                   "joint.dropout=0.0", "encoder.dropout=0.0", "encoder.dropout_att=0.0",
+                                   "encoder.dropout_pre_encoder=0.0"])
+    torch.manual_seed(0)
+    model = Transducer(cfg, tok).eval()
+    batch = train_asr.Batch(torch.randn(2, 80, 25), torch.tensor([25, 17]), torch.tensor([[1, 2], [2, 0]]),
+                            torch.tensor([2, 1]), 1.0)
+    tc = train_asr.TrainConfig(ctc_weight=0.3, ctc_only_steps=5, fastemit_lambda=0.0)
+    loss, parts = train_asr.training_loss(model, batch, tc, step=4)
+    both_loss, both = train_asr.training_loss(model, batch, tc, step=5)
+    assert set(parts) == {"ctc"} and set(both) == {"rnnt", "ctc"}
+    torch.testing.assert_close(loss.item(), both["ctc"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(both_loss.item(), both["rnnt"] + 0.3 * both["ctc"], rtol=1e-5, atol=1e-4)
+    loss.backward()
+    assert float(model.encoder.pre_encode.conv[0].weight.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in [*model.decoder.parameters(), *model.joint.parameters()])
 
 
 def test_ctc_weight_needs_a_ctc_head():

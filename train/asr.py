@@ -43,7 +43,8 @@ Recipe, in the order the loop runs it:
     speed perturbation and save little; the log's data_s vs step_s shows the split).
   - SpecAugment (Park et al. 2019): frequency and time masks (`spec_augment` below).
   - RNN-T loss (minivox.kernels.rnnt_loss) with FastEmit (Yu et al. 2021) for earlier emissions,
-    plus `ctc_weight` x an auxiliary CTC loss on the encoder (model.ctc_head; why: Transducer.forward),
+    plus `ctc_weight` x an auxiliary CTC loss on the encoder (model.ctc_head; why: Transducer.forward);
+    the first `ctc_only_steps` steps may train the encoder with CTC alone (prediction net and joint idle),
     AdamW, linear warm-up then cosine decay, gradient clipping.
   - Every `eval_every` steps rank 0 transcribes dev utterances with greedy decoding (the
     streaming transcriber's search, `Transducer.transcribe`) and logs the WER.
@@ -112,6 +113,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm
     fastemit_lambda: float = 0.005  # FastEmit regularisation (NeMo's streaming recipes: 0.005-0.01); 0 = off
     ctc_weight: float = 0.0  # loss = RNN-T + ctc_weight * CTC on the encoder (needs model.ctc_head; ESPnet: 0.3)
+    ctc_only_steps: int = 0  # the first steps train the encoder with CTC alone (needs model.ctc_head)
     log_every: int = 25  # steps between loss lines in log.jsonl
     eval_every: int = 1000  # steps between dev WER evaluations (also at max_steps); 0 = only at max_steps
     checkpoint_every: int = 250  # steps between state.pt / last.pt saves (also at exit)
@@ -263,9 +265,15 @@ def make_batch(rows: list[dict], tokens: list[list[int]], indices: list[int], mo
     return Batch(feats, feat_lengths, targets.to(device), target_lengths.to(device), float(lengths.sum()) / rate)
 
 
-def training_loss(model, batch: Batch, tc: TrainConfig) -> tuple[torch.Tensor, dict]:
-    """RNN-T loss (+ ctc_weight x CTC loss) of a batch, both summed over each utterance and
-    averaged over the batch. Returns (loss to minimise, {"rnnt": float, "ctc": float if used})."""
+def training_loss(model, batch: Batch, tc: TrainConfig, step: int = 0) -> tuple[torch.Tensor, dict]:
+    """The loss of a batch: RNN-T + ctc_weight x CTC, or CTC alone while step < ctc_only_steps.
+    Both are summed over each utterance and averaged over the batch.
+    Returns (loss to minimise, {"rnnt": float if used, "ctc": float if used})."""
+    if step < tc.ctc_only_steps:
+        _, enc_lengths, ctc_lp = model(batch.feats, batch.feat_lengths, batch.targets, batch.target_lengths,
+                                       with_ctc=True, with_rnnt=False)  # ctc_lp [B, T, V + 1]
+        ctc = ctc_loss(ctc_lp, batch, enc_lengths)
+        return ctc, {"ctc": ctc.item()}
     ctc_lp = None
     if tc.ctc_weight > 0:
         logits, enc_lengths, ctc_lp = model(batch.feats, batch.feat_lengths, batch.targets, batch.target_lengths,
@@ -276,12 +284,18 @@ def training_loss(model, batch: Batch, tc: TrainConfig) -> tuple[torch.Tensor, d
                      fastemit_lambda=tc.fastemit_lambda)  # [B, T, U + 1, V + 1] -> mean over B
     parts = {"rnnt": loss.item()}
     if ctc_lp is not None:
-        ctc = torch.nn.functional.ctc_loss(
-            ctc_lp.transpose(0, 1), batch.targets, enc_lengths, batch.target_lengths, blank=ctc_lp.shape[-1] - 1,
-            reduction="sum", zero_infinity=True) / ctc_lp.shape[0]  # [T, B, V + 1] -> mean over B
+        ctc = ctc_loss(ctc_lp, batch, enc_lengths)
         parts["ctc"] = ctc.item()
         loss = loss + tc.ctc_weight * ctc
     return loss, parts
+
+
+def ctc_loss(log_probs: torch.Tensor, batch: Batch, enc_lengths: torch.Tensor) -> torch.Tensor:
+    """CTC loss of the encoder head's log-probabilities [B, T, V + 1] (blank last), summed per
+    utterance and averaged over the batch."""
+    return torch.nn.functional.ctc_loss(
+        log_probs.transpose(0, 1), batch.targets, enc_lengths, batch.target_lengths, blank=log_probs.shape[-1] - 1,
+        reduction="sum", zero_infinity=True) / log_probs.shape[0]  # [T, B, V + 1] -> mean over B
 
 
 def evaluate(model: Transducer, rows: list[dict], audio: list[np.ndarray], eob_backchannels: bool) -> dict:
@@ -318,9 +332,10 @@ def train(cfg: ASRTrainingConfig, args, dist, out: Path, log: JSONLLogger) -> in
     from tqdm import tqdm
 
     tc, dc = cfg.train, cfg.data
-    if tc.ctc_weight < 0 or (tc.ctc_weight > 0 and not cfg.model.ctc_head):
-        raise ValueError(f"train.ctc_weight must be 0, or > 0 with model.ctc_head = true; got ctc_weight="
-                         f"{tc.ctc_weight}, ctc_head={cfg.model.ctc_head}")
+    if tc.ctc_weight < 0 or ((tc.ctc_weight > 0 or tc.ctc_only_steps > 0) and not cfg.model.ctc_head):
+        raise ValueError(f"train.ctc_weight must be 0, or > 0 with model.ctc_head = true, and ctc_only_steps needs "
+                         f"the head too; got ctc_weight={tc.ctc_weight}, ctc_only_steps={tc.ctc_only_steps}, "
+                         f"ctc_head={cfg.model.ctc_head}")
     out.mkdir(parents=True, exist_ok=True)
 
     # ---- data and tokenizer
@@ -354,7 +369,8 @@ def train(cfg: ASRTrainingConfig, args, dist, out: Path, log: JSONLLogger) -> in
     ddp = model
     if dist.world_size > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
+            model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
+            find_unused_parameters=tc.ctc_only_steps > 0)  # CTC-only steps leave the prediction net and joint out
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     scheduler = make_scheduler(optimizer, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio, tc.decay)
     step, extra = 0, {"best_wer": math.inf, "wall_s": 0.0, "audio_s": 0.0}
@@ -402,7 +418,8 @@ def train(cfg: ASRTrainingConfig, args, dist, out: Path, log: JSONLLogger) -> in
     bar = tqdm(total=tc.max_steps, initial=step, disable=not dist.is_main, dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 60.0, desc="asr")
     run_end = tc.max_steps if tc.run_steps <= 0 else min(tc.max_steps, step + tc.run_steps)
-    window = {"loss": 0.0, "ctc_loss": 0.0, "n": 0, "audio_s": 0.0, "data_s": 0.0, "step_s": 0.0}
+    window = {"loss": 0.0, "rnnt": 0.0, "rnnt_n": 0, "ctc": 0.0, "ctc_n": 0, "n": 0,
+              "audio_s": 0.0, "data_s": 0.0, "step_s": 0.0}
     model.train()
     try:
         while step < run_end:
@@ -411,7 +428,7 @@ def train(cfg: ASRTrainingConfig, args, dist, out: Path, log: JSONLLogger) -> in
             rng = np.random.default_rng([tc.seed, dist.rank, step])
             batch = make_batch(rows, tokens, indices, model, cfg, rng, dist.device)
             data_s = time.perf_counter() - started
-            loss, parts = training_loss(ddp, batch, tc)
+            loss, parts = training_loss(ddp, batch, tc, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -422,8 +439,11 @@ def train(cfg: ASRTrainingConfig, args, dist, out: Path, log: JSONLLogger) -> in
             elapsed = time.perf_counter() - started
             extra["wall_s"] += elapsed
             extra["audio_s"] += batch.audio_seconds * dist.world_size
-            window["loss"] += parts["rnnt"]
-            window["ctc_loss"] += parts.get("ctc", 0.0)
+            window["loss"] += loss.item()
+            for part in ("rnnt", "ctc"):
+                if part in parts:
+                    window[part] += parts[part]
+                    window[part + "_n"] += 1
             window["n"] += 1
             window["audio_s"] += batch.audio_seconds
             window["data_s"] += data_s
@@ -431,16 +451,15 @@ def train(cfg: ASRTrainingConfig, args, dist, out: Path, log: JSONLLogger) -> in
             bar.update(1)
             if step % tc.log_every == 0 or step == run_end:
                 mean_loss = all_reduce_mean(window["loss"] / window["n"], dist)
-                ctc_loss = {"ctc_loss": round(all_reduce_mean(window["ctc_loss"] / window["n"], dist), 4)} \
-                    if tc.ctc_weight > 0 else {}
+                parts_logged = {f"{part}_loss": round(all_reduce_mean(window[part] / window[part + "_n"], dist), 4)
+                                for part in ("rnnt", "ctc") if window[part + "_n"]}  # every rank has the same parts
                 bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
-                log.log(event="train", step=step, epoch=batches.epoch, loss=round(mean_loss, 4), **ctc_loss,
+                log.log(event="train", step=step, epoch=batches.epoch, loss=round(mean_loss, 4), **parts_logged,
                         lr=scheduler.get_last_lr()[0], grad_norm=round(float(grad_norm), 3),
                         audio_s=round(window["audio_s"], 1), data_s=round(window["data_s"], 2),
                         step_s=round(window["step_s"], 2),
                         audio_per_s=round(window["audio_s"] / window["step_s"], 1))
-                window = dict.fromkeys(window, 0.0)
-                window["n"] = 0
+                window = dict.fromkeys(window, 0)
             if dist.is_main and tc.eval_every > 0 and step % tc.eval_every == 0 and step < tc.max_steps:
                 run_eval()
             if step % tc.checkpoint_every == 0:
