@@ -12,7 +12,8 @@ positions `cache.length ...`, writes their keys/values into the preallocated cac
 it; with no cache it is the plain causal forward used for training (and the reference the cached
 path is tested against). `generate` streams token ids one by one; `sample_token` applies
 repetition penalty, temperature, top-k and top-p, drawing from a seedable `torch.Generator`.
-The chat template, tools and the OpenAI-compatible backends live in `minivox/chat.py`.
+The chat template, tools and the OpenAI-compatible backends live in `minivox/chat_template.py`,
+`tools.py` and `backends.py`; the conversation context and the assistant loop in `chat.py`.
 
 Shape letters: B batch, T new tokens, S key positions (cached + new), D model width, H heads,
 K head width (D / H), F MLP hidden width, V vocabulary, L layers.

@@ -95,7 +95,8 @@ class TTS:
     def pieces(self, text: str) -> list[tuple[int, str, list[int]]]:
         """(sentence index, sentence, symbol ids) for every speakable piece of `text`, in order;
         warns once about dropped characters."""
-        from minivox.text import normalize_text, split_sentences, tts_symbol_ids, unspeakable_characters
+        from minivox.normalize import normalize_text
+        from minivox.text import split_sentences, tts_symbol_ids, unspeakable_characters
 
         if not isinstance(text, str):
             raise ValueError(f"TTS: expected text as str, got {type(text).__name__}")

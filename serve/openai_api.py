@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from minivox.chat import ChatContext, ChatDelta, GenerationOptions, from_openai_messages
+from minivox.backends import ChatDelta, GenerationOptions, from_openai_messages
+from minivox.chat import ChatContext
 
 log = logging.getLogger("minivox.serve.openai_api")
 MAX_BODY_BYTES = 1 << 20  # 1 MiB of JSON is far beyond any context this model can read
@@ -60,7 +61,7 @@ class ChatRequest:
     """A validated /v1/chat/completions request."""
 
     model: str
-    messages: list[dict]  # dialogue format (minivox.chat)
+    messages: list[dict]  # dialogue format (minivox.chat_template)
     tools: list[dict] | None
     options: GenerationOptions
     stream: bool = False
@@ -287,7 +288,8 @@ def run_serve_llm(args: argparse.Namespace) -> int:
     """`minivox serve-llm`: serve a checkpoint until Ctrl-C / SIGTERM."""
     import signal
 
-    from minivox.chat import LocalBackend, default_checkpoint
+    from minivox.backends import LocalBackend
+    from minivox.chat import default_checkpoint
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:

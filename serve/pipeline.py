@@ -100,7 +100,7 @@ class Models:
     Args:
         asr: a `minivox.asr.Transducer` (streaming transcribers are made per session).
         tts: a `minivox.tts.TTS` (one synthesis at a time, on `tts_pool`).
-        backend: a chat backend (`minivox.chat.LocalBackend` or `OpenAIBackend`).
+        backend: a chat backend (`minivox.backends.LocalBackend` or `OpenAIBackend`).
         tools: makes a fresh tool registry per session (timers are per user).
         speaker_tracker: makes a per-session `SpeakerTracker` (the diarizer), or None.
         transcriber: makes a per-session streaming recogniser (`step(pcm16k) -> [ASRResult]`,
@@ -124,8 +124,9 @@ class Models:
         import torch
 
         from minivox.asr import Transducer
-        from minivox.chat import LocalBackend, OpenAIBackend, demo_tools
+        from minivox.backends import LocalBackend, OpenAIBackend
         from minivox.pretrained import PRETRAINED_DIR
+        from minivox.tools import demo_tools
         from minivox.tts import TTS
 
         torch.set_num_threads(threads)
@@ -291,7 +292,8 @@ class Session:
     def __init__(self, models: Models, config: PipelineConfig, send: Callable[[str | bytes], Awaitable[None]],
                  session_id: str | None = None, log: AudioLogger | None = None):
         from minivox.asr import StreamingTranscriber
-        from minivox.chat import Assistant, GenerationOptions
+        from minivox.backends import GenerationOptions
+        from minivox.chat import Assistant
 
         self.models, self.cfg, self._send = models, config, send
         self.id = session_id or uuid.uuid4().hex[:12]

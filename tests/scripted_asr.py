@@ -68,10 +68,11 @@ def main() -> int:
     parser.add_argument("script", nargs="+", help="utterances every session hears, in order")
     args = parser.parse_args()
 
-    from minivox.chat import LocalBackend, demo_tools
+    from minivox.backends import LocalBackend
     from minivox.pretrained import PRETRAINED_DIR
     from minivox.serve.pipeline import Models
     from minivox.serve.server import ServerConfig, serve_until_signal
+    from minivox.tools import demo_tools
     from minivox.tts import TTS
 
     models = Models(None, TTS.from_checkpoints(), LocalBackend.from_checkpoint(str(PRETRAINED_DIR / "llm_demo.pt")),

@@ -1,4 +1,5 @@
-"""minivox.chat: template, incremental decoding, context budget, tools, the assistant loop, local backend."""
+"""minivox.chat_template, .chat, .tools, .backends: template, incremental decoding, context budget, tools,
+the assistant loop, local backend."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minivox.chat import (APOLOGIES, CALL_TOKEN, END_TOKEN, IGNORE_INDEX, Assistant, ChatContext, ChatDelta,
-                          ChatTemplate, GenerationOptions, IncrementalDecoder, LocalBackend, Tool, ToolCall,
-                          ToolError, ToolRegistry, demo_tools, format_tool_calls, from_openai_messages,
-                          parse_tool_calls, run_with_timeout, tag_speaker, to_openai_messages,
-                          train_chat_tokenizer)
+from minivox.backends import ChatDelta, GenerationOptions, LocalBackend, from_openai_messages, to_openai_messages
+from minivox.chat import APOLOGIES, Assistant, ChatContext, tag_speaker
+from minivox.chat_template import (IGNORE_INDEX, SYSTEM_PROMPT, ChatTemplate, IncrementalDecoder, ToolCall,
+                                   format_tool_calls, parse_tool_calls, train_chat_tokenizer)
 from minivox.data.dialogues import LLMDataConfig, generate_dialogues, validate_dialogue
 from minivox.llm import GPT, GPTConfig, SamplingConfig, generate
+from minivox.tools import Tool, ToolError, ToolRegistry, demo_tools, run_with_timeout
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +190,7 @@ def test_demo_tools_results_and_safe_calculator():
     import datetime as dt
 
     fired = []
-    from minivox.chat import Timers
+    from minivox.tools import Timers
 
     tools = demo_tools(now=lambda: dt.datetime(2024, 3, 15, 14, 5), timers=Timers(on_done=fired.append))
     call = lambda name, args: tools.call(ToolCall(name, json.dumps(args)))[1]  # noqa: E731
@@ -295,7 +296,7 @@ def test_bad_tool_calls_become_a_spoken_apology(reply, kind):
 
 
 def test_backend_failure_and_endless_tool_calls_become_apologies():
-    from minivox.chat import BackendTimeout
+    from minivox.backends import BackendTimeout
 
     assistant = Assistant(ScriptedBackend([BackendTimeout("no first token within 5 s")]), make_tools())
     assert assistant.reply_text("hello") == APOLOGIES["backend"]
@@ -371,7 +372,7 @@ def test_chat_command_once_streams_the_local_model_reply(local_backend, template
     assert args.func(args) == 0
     printed = capsys.readouterr().out.strip()
     expected = local_backend.template  # the same model, greedy
-    messages = [{"role": "system", "content": __import__("minivox.chat").chat.SYSTEM_PROMPT},
+    messages = [{"role": "system", "content": SYSTEM_PROMPT},
                 {"role": "user", "content": "what time is it"}]
     sampling = SamplingConfig(temperature=0.0, max_tokens=12, stop_tokens=(template.end_id,))
     ids = list(generate(local_backend.model, expected.encode_prompt(messages), sampling))

@@ -13,7 +13,7 @@ from minivox.audio import read_wav, write_wav
 from minivox.data import loaders
 from minivox.data.manifest import read_manifest, write_manifest
 from minivox.metrics import Segment, read_rttm, write_rttm
-from minivox.text import normalize_text
+from minivox.normalize import normalize_text
 
 
 def tone(seconds, sample_rate, freq=440.0):

@@ -16,7 +16,7 @@ from minivox.audio import read_wav
 from minivox.config import load_config
 from minivox.data import augment, synth, voices
 from minivox.data.manifest import append_manifest, read_manifest, total_duration, write_manifest
-from minivox.text import normalize_text
+from minivox.normalize import normalize_text
 
 SR = 16000
 

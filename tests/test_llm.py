@@ -362,7 +362,7 @@ def test_training_resume_is_exact_across_the_phase_boundary(llm_data, tmp_path):
 def test_sft_targets_are_assistant_tokens_only(llm_data):
     import json
 
-    from minivox.chat import IGNORE_INDEX, ChatTemplate, train_chat_tokenizer
+    from minivox.chat_template import IGNORE_INDEX, ChatTemplate, train_chat_tokenizer
     from minivox.train.llm import collate, encode_dialogues, length_batches
 
     dialogues = [json.loads(line) for line in open(llm_data / "dialogues_train.jsonl")]

@@ -11,11 +11,13 @@ import time
 import pytest
 import torch
 
-from minivox.chat import (APOLOGIES, Assistant, BackendError, BackendTimeout, BackendUnreachable, ChatDelta,
-                          GenerationOptions, LocalBackend, OpenAIBackend, ToolCall, demo_tools, iter_sse,
-                          train_chat_tokenizer)
+from minivox.backends import (BackendError, BackendTimeout, BackendUnreachable, ChatDelta, GenerationOptions,
+                              LocalBackend, OpenAIBackend, iter_sse)
+from minivox.chat import APOLOGIES, Assistant
+from minivox.chat_template import ToolCall, train_chat_tokenizer
 from minivox.llm import GPT, GPTConfig
 from minivox.serve.openai_api import ApiError, parse_chat_request, serve
+from minivox.tools import demo_tools
 
 import openai  # noqa: E402  (a dev dependency: the official client is the peer these tests use)
 

@@ -33,8 +33,9 @@ from minivox.serve.server import AgentServer, ServerConfig
 
 @pytest.fixture(scope="module")
 def base_models():
-    from minivox.chat import LocalBackend, demo_tools
+    from minivox.backends import LocalBackend
     from minivox.pretrained import PRETRAINED_DIR
+    from minivox.tools import demo_tools
     from minivox.tts import TTS
 
     m = Models(None, TTS.from_checkpoints(), LocalBackend.from_checkpoint(str(PRETRAINED_DIR / "llm_demo.pt")),

@@ -1,5 +1,6 @@
-"""minivox.text: number words (round trip through a parser written here), normalisation
-(hand-written tricky cases + hypothesis properties), sentence splitting, the tokenizer."""
+"""minivox.normalize and minivox.text: number words (round trip through a parser written
+here), normalisation (hand-written tricky cases + hypothesis properties), sentence splitting,
+the tokenizer."""
 
 from __future__ import annotations
 
@@ -10,18 +11,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minivox.text import (
+from minivox.normalize import (
     MAX_NUMBER,
     RULES,
-    Tokenizer,
-    _read_pieces,
     digits_to_words,
     normalize_text,
     number_to_words,
     ordinal_to_words,
-    split_sentences,
     year_to_words,
 )
+from minivox.text import Tokenizer, _read_pieces, split_sentences
 
 # ---------------------------------------------------------------------------------------
 # A small words -> number parser, written independently of number_to_words, to check it.

@@ -15,7 +15,8 @@ import torch
 from minivox.audio import TTS_FEATURES, read_wav
 from minivox.fastpitch import FastPitch, FastPitchConfig
 from minivox.hifigan import Generator, HiFiGAN, hifigan_preset
-from minivox.text import TTS_CHARACTERS, TTS_SYMBOLS, normalize_text, tts_symbol_ids, unspeakable_characters
+from minivox.normalize import normalize_text
+from minivox.text import TTS_CHARACTERS, TTS_SYMBOLS, tts_symbol_ids, unspeakable_characters
 from minivox.tts import MAX_SYMBOLS, TTS, register
 
 FRAMES_PER_SYMBOL = 5
@@ -50,7 +51,7 @@ def _whole_sentence(tts: TTS, sentence: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
-# Symbol set (minivox.text section 5)
+# Symbol set (minivox.text section 3)
 # ---------------------------------------------------------------------------
 
 def test_symbol_set_covers_normalised_text():

@@ -56,8 +56,9 @@ from minivox.audio import TTS_FEATURES, LogMel, read_wav, resample, write_wav
 from minivox.config import load_config
 from minivox.data.manifest import read_manifest
 from minivox.fastpitch import FastPitch, FastPitchConfig, FastPitchLossWeights, fastpitch_losses
+from minivox.normalize import normalize_text
 from minivox.pitch import TTS_PITCH, estimate_pitch
-from minivox.text import normalize_text, tts_symbol_ids
+from minivox.text import tts_symbol_ids
 from minivox.train.common import (GracefulStop, JSONLLogger, ResumableBatches, all_reduce_mean, cleanup_distributed,
                                   init_distributed, load_training_state, make_scheduler, parse_train_args,
                                   save_training_state, seed_everything)

@@ -132,8 +132,9 @@ def utterance_mels(audio: list[torch.Tensor], rows: list[dict], fastpitch: str) 
         logmel = LogMel(TTS_FEATURES)
         return [logmel(a[None])[0][0] for a in audio]
     from minivox.fastpitch import FastPitch
+    from minivox.normalize import normalize_text
     from minivox.pitch import estimate_pitch
-    from minivox.text import normalize_text, tts_symbol_ids
+    from minivox.text import tts_symbol_ids
 
     model, logmel = FastPitch.from_checkpoint(fastpitch), LogMel(TTS_FEATURES)
     mels = []

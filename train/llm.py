@@ -10,7 +10,7 @@ fine-tuning (SFT) on chat dialogues with the loss on assistant tokens only.
 
 One run is: tokenizer (trained once, saved as {out}/tokenizer.model and reused on resume) ->
 `pretrain.steps` steps of next-token prediction on packed sentences -> `sft.steps` steps on
-dialogues rendered with the chat template (minivox/chat.py). Every `eval_every` steps rank 0
+dialogues rendered with the chat template (minivox/chat_template.py). Every `eval_every` steps rank 0
 logs held-out perplexity (sentences), the dev SFT loss and tool-call accuracy on dev dialogues;
 every `checkpoint_every` steps and at exit (also on Ctrl-C / SIGTERM) it writes {out}/state.pt
 (exact resume) and {out}/llm.pt (inference checkpoint); at the end, `export` gets an fp16 copy.
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from minivox.chat import IGNORE_INDEX, ChatTemplate, format_tool_calls, train_chat_tokenizer
+from minivox.chat_template import IGNORE_INDEX, ChatTemplate, format_tool_calls, train_chat_tokenizer
 from minivox.config import load_config
 from minivox.data import dialogues as dialogue_data
 from minivox.llm import GPT, GPTConfig, SamplingConfig, generate, quantize_int8
@@ -283,7 +283,9 @@ SMALL_TALK = ["hello", "how are you doing today", "who are you", "what can you d
 
 def small_talk_samples(model: GPT, prompts: list[str] = SMALL_TALK) -> list[tuple[str, str]]:
     """(prompt, reply) for each prompt, each in a fresh conversation, greedy, demo tools offered."""
-    from minivox.chat import Assistant, LocalBackend, demo_tools
+    from minivox.backends import LocalBackend
+    from minivox.chat import Assistant
+    from minivox.tools import demo_tools
 
     backend = LocalBackend(model)
     return [(p, Assistant(backend, demo_tools()).reply_text(p)) for p in prompts]

@@ -768,7 +768,7 @@ class DialogueConfig:
     num_test: int = 2000
     test_families: list[str] = field(default_factory=lambda: ["multi.followup", "refuse.stocks"])  # test-only families
     holdout_every: int = 4  # every 4th paraphrase of each list (the last of shorter lists) is test-only
-    user_style: Literal["written", "spoken", "mixed"] = "mixed"  # spoken = minivox.text.normalize_text, as ASR emits
+    user_style: Literal["written", "spoken", "mixed"] = "mixed"  # spoken = minivox.normalize.normalize_text, as ASR emits
     speaker_tag_prob: float = 0.5  # single-speaker dialogues whose user turns carry <speaker_1>
     opening_prob: float = 0.2  # a greeting exchange before the main one
     closing_prob: float = 0.3  # a thanks or goodbye exchange after it
@@ -807,7 +807,7 @@ def _chatterbot_dialogue(rng: random.Random, conversations: list[tuple[str, int,
 
 def generate_dialogues(cfg: LLMDataConfig, split: str, count: int, log=print) -> list[dict]:
     """`count` dialogues of `split`, deterministic for cfg.seed (dialogue i depends only on seed, split, i)."""
-    from minivox.text import normalize_text
+    from minivox.normalize import normalize_text
 
     dcfg = cfg.dialogues
     wordnet = WordNet(cfg.text.wordnet_dir)

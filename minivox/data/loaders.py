@@ -6,7 +6,7 @@
     minivox data import rttm        AUDIO_DIR RTTM_DIR       data/diar.jsonl
 
 Every importer writes a NeMo-style manifest (minivox.data.manifest) with absolute paths, `duration`
-read from the audio header, `text` normalised with minivox.text.normalize_text (what is spoken, the
+read from the audio header, `text` normalised with minivox.normalize.normalize_text (what is spoken, the
 form the synthetic corpora use; the original goes to `text_raw`) and a `speaker`. Entries whose audio
 is missing are skipped and counted in a message, never a crash.
 
@@ -102,7 +102,7 @@ def decode_flac_to_wav(src: Path, dst: Path, sample_rate: int = LIBRISPEECH_RATE
 
 
 def _normalized(text: str) -> str:
-    from minivox.text import normalize_text
+    from minivox.normalize import normalize_text
 
     return normalize_text(text)
 

@@ -19,7 +19,7 @@ writes into `out_dir`:
     synth_config.json             the config + voices + sentence checksum the corpus was made with
 
 How one utterance is made (`render`):
-  1. The engine speaks the transcript: the sentence normalised by minivox.text.normalize_text
+  1. The engine speaks the transcript: the sentence normalised by minivox.normalize.normalize_text
      (lowercase words, numbers spelled out), so the words spoken are the words in `text`; a final
      "." is added for sentence-final intonation. Backchannels may be spoken with another spelling
      (`backchannel.spoken`, e.g. "mm hmm" -> "mmm hmm") that engines pronounce better.
@@ -195,7 +195,7 @@ def load_sentences(cfg: SynthConfig) -> list[str]:
 
     Sentences equal to a backchannel phrase are left out (backchannels are made separately).
     """
-    from minivox.text import normalize_text
+    from minivox.normalize import normalize_text
 
     if not cfg.sentences:
         raise ValueError("config key 'sentences' lists no files; expected .jsonl (minivox data text) or .txt files")
@@ -319,7 +319,7 @@ def _cycle(n_items: int, count: int, rng: np.random.Generator) -> list[int]:
 
 def plan_jobs(cfg: SynthConfig, pools: dict[str, list[str]], train_voices, test_voices) -> list[Job]:
     """The whole corpus as Jobs: splits in order train, dev, test, then the babble bank."""
-    from minivox.text import normalize_text
+    from minivox.normalize import normalize_text
 
     jobs: list[Job] = []
     phrases = [normalize_text(p) for p in cfg.backchannel.phrases]
