@@ -404,17 +404,22 @@ def _ctc_by_enumeration(log_probs: torch.Tensor, target: list[int], blank: int) 
     return -torch.logsumexp(torch.stack(total), 0)
 
 
-def test_training_loss_is_rnnt_plus_weighted_ctc_by_enumeration():
-    """training_loss = RNN-T (mean over the batch) + ctc_weight x CTC of the encoder head, the CTC term
-    checked against brute-force enumeration of frame labellings (tiny T and vocabulary)."""
-    from minivox.kernels import rnnt_loss_reference
-
+def tiny_model_with_ctc_head() -> Transducer:
+    """asr_tiny with a CTC head, dropout off, seeded."""
     tok = Tokenizer.train([s + EOU for s in SENTENCES * 3], 40)
     cfg = load_model_config(TINY, ["tokenizer.vocab_size=40", "ctc_head=true", "decoder.dropout=0.0",
                                    "joint.dropout=0.0", "encoder.dropout=0.0", "encoder.dropout_att=0.0",
                                    "encoder.dropout_pre_encoder=0.0"])
     torch.manual_seed(0)
-    model = Transducer(cfg, tok).eval()
+    return Transducer(cfg, tok).eval()
+
+
+def test_training_loss_is_rnnt_plus_weighted_ctc_by_enumeration():
+    """training_loss = RNN-T (mean over the batch) + ctc_weight x CTC of the encoder head, the CTC term
+    checked against brute-force enumeration of frame labellings (tiny T and vocabulary)."""
+    from minivox.kernels import rnnt_loss_reference
+
+    model = tiny_model_with_ctc_head()
     feats, feat_lengths = torch.randn(2, 80, 25), torch.tensor([25, 17])  # -> 4 and 3 encoder frames
     targets, target_lengths = torch.tensor([[1, 2], [2, 0]]), torch.tensor([2, 1])
     batch = train_asr.Batch(feats, feat_lengths, targets, target_lengths, 1.0)
@@ -444,12 +449,7 @@ def test_training_loss_is_rnnt_plus_weighted_ctc_by_enumeration():
 def test_ctc_only_steps_train_the_encoder_alone():
     """Before ctc_only_steps the loss is the CTC head's alone (the value the RNN-T + CTC step logs as
     its CTC part) and neither the prediction net nor the joint gets a gradient; from then on both terms."""
-    tok = Tokenizer.train([s + EOU for s in SENTENCES * 3], 40)
-    cfg = load_model_config(TINY, ["tokenizer.vocab_size=40", "ctc_head=true", "decoder.dropout=0.0",
-                                   "joint.dropout=0.0", "encoder.dropout=0.0", "encoder.dropout_att=0.0",
-                                   "encoder.dropout_pre_encoder=0.0"])
-    torch.manual_seed(0)
-    model = Transducer(cfg, tok).eval()
+    model = tiny_model_with_ctc_head()
     batch = train_asr.Batch(torch.randn(2, 80, 25), torch.tensor([25, 17]), torch.tensor([[1, 2], [2, 0]]),
                             torch.tensor([2, 1]), 1.0)
     tc = train_asr.TrainConfig(ctc_weight=0.3, ctc_only_steps=5, fastemit_lambda=0.0)
