@@ -11,7 +11,8 @@ voice (QUESTIONS below).
 
     latency      per turn: end of the user's speech in the sent audio (the agent's VAD run over
                  the file) -> arrival of the turn's first reply audio at the client; p50/p90 over
-                 --turns turns, one session per turn. Beside it the server's own breakdown
+                 --turns answered turns, one session per turn (questions that got no reply are
+                 listed with what the recogniser heard, and more are asked, up to 2 x --turns). Beside it the server's own breakdown
                  (medians): speech end -> turn declared over, -> first LLM text, -> first TTS audio.
     sessions     N clients at once, each asking two questions; an N is real time when no session's
                  input ever waited more than 200 ms from arrival until the ASR had processed it
@@ -80,14 +81,20 @@ def spoken_questions() -> list[np.ndarray]:
 async def latency(url: str, questions: list[np.ndarray], turns: int) -> dict:
     from minivox.serve.client import run_client
 
-    rows = []
-    for k in range(turns):
-        result = await run_client(url, questions[k % len(questions)], 16000, realtime=True, tail_s=12)
-        for turn in result.turns[:1]:
+    rows, missed, asked = [], [], 0
+    while len(rows) < turns and asked < 2 * turns:  # ask until `turns` replies came (a turn can go unanswered)
+        question = QUESTIONS[asked % len(questions)]
+        result = await run_client(url, questions[asked % len(questions)], 16000, realtime=True, tail_s=12)
+        asked += 1
+        turn = result.turns[0] if result.turns else None
+        if turn is None or turn.latency_ms is None:
+            missed.append(f"{question!r} heard as {turn.heard if turn else ''!r}")
+        else:
             rows.append((turn.latency_ms, turn.server_metrics or {}))
-    measured = [r[0] for r in rows if r[0] is not None]
+    measured = [r[0] for r in rows]
     server = lambda key: statistics.median([m[key] for _, m in rows if m.get(key) is not None] or [float("nan")])  # noqa: E731
-    return {"turns": len(measured), "p50": percentile(measured, 50), "p90": percentile(measured, 90),
+    return {"turns": len(measured), "asked": asked, "missed": missed,
+            "p50": percentile(measured, 50), "p90": percentile(measured, 90),
             "turn_detect": server("turn_detect_ms"), "llm_first": server("llm_first_text_ms"),
             "tts_first": server("tts_first_audio_ms")}
 
@@ -128,8 +135,11 @@ def main() -> int:
         proc.terminate()
         proc.wait(timeout=30)
 
-    print(f"voice-to-voice latency over {lat['turns']} turns (one session each, real-time input), "
-          f"{os.cpu_count()} CPU cores\n")
+    print(f"voice-to-voice latency over {lat['turns']} answered turns of {lat['asked']} asked (one session each, "
+          f"real-time input), {os.cpu_count()} CPU cores")
+    for line in lat["missed"]:
+        print(f"  no reply: {line}")
+    print()
     print("| p50 | p90 | server: speech end -> turn end | turn end -> first LLM text | LLM text -> first TTS audio |")
     print("|---|---|---|---|---|")
     print(f"| {lat['p50']:.0f} ms | {lat['p90']:.0f} ms | {lat['turn_detect']:.0f} ms | {lat['llm_first']:.0f} ms "

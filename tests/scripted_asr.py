@@ -1,20 +1,15 @@
-"""A scripted stand-in for the streaming ASR, for tests of the agent's pipeline and web client.
+"""A scripted stand-in for the streaming ASR, for tests of the agent's pipeline.
 
 `ScriptedTranscriber` has the StreamingTranscriber interface (`step(pcm16k) -> [ASRResult]`,
 `reset()`) and "hears" the next utterance of its script whenever it detects speech by energy:
 the first two words 300 ms into the speech, the rest and an <EOU> final 300 ms after the speech
 stops. So pipeline tests check turn-taking, barge-in, event order, isolation and timing whatever
-the ASR model's accuracy. Run as a script, it serves the real agent (bundled LLM and TTS) with
-this recogniser, for the browser test:
-
-    python tests/scripted_asr.py --port 8765 "what time is it" ["next utterance" ...]
+the ASR model's accuracy (tests/test_server.py; its real-ASR turn and the browser test run the
+bundled demo ASR).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import sys
 from collections import deque
 
 import numpy as np
@@ -59,31 +54,3 @@ class ScriptedTranscriber:
                         out.append(ASRResult("", True, 0.9, 0.0, eou_latency=0.3, audio_time=now))
                     self.speech, self.silence, self.words = 0, 0, None
         return out
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("script", nargs="+", help="utterances every session hears, in order")
-    args = parser.parse_args()
-
-    from minivox.backends import LocalBackend
-    from minivox.pretrained import PRETRAINED_DIR
-    from minivox.serve.pipeline import Models
-    from minivox.serve.server import ServerConfig, serve_until_signal
-    from minivox.tools import demo_tools
-    from minivox.tts import TTS
-
-    models = Models(None, TTS.from_checkpoints(), LocalBackend.from_checkpoint(str(PRETRAINED_DIR / "llm_demo.pt")),
-                    tools=demo_tools, transcriber=lambda: ScriptedTranscriber(args.script))
-    ready = lambda server: print(f"listening on {server.url}", flush=True)  # noqa: E731
-    try:
-        asyncio.run(serve_until_signal(models, ServerConfig(host=args.host, port=args.port), ready))
-    finally:
-        models.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

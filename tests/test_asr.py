@@ -591,3 +591,27 @@ def test_tiny_model_overfits_a_few_utterances():
                 break
     assert [h.y_sequence for h in hyps] == [t[:n].tolist() for t, n in zip(targets, target_lengths)], step
     assert float(loss) < 0.1
+
+
+def test_bundled_demo_model_streams_what_it_transcribes_offline():
+    """The bundled asr_demo.pt on speech (the bundled TTS voice, two sentences with a pause): the
+    streaming transcriber in 80 ms chunks writes the offline greedy text, utterance by utterance, with
+    the same <EOU>s as final results. Accuracy is measured in bench/asr.py, not here."""
+    from minivox.audio import resample as resample_audio
+    from minivox.pretrained import PRETRAINED_DIR
+    from minivox.tts import TTS
+
+    model = Transducer.from_checkpoint(PRETRAINED_DIR / "asr_demo.pt").eval()
+    tts = TTS.from_checkpoints()
+    clips = []
+    for text in ("What time is it?", "Set a timer for ten minutes."):
+        audio, rate = tts.synthesize(text)
+        clips += [np.zeros(SR // 2, np.float32), np.asarray(resample_audio(audio, rate, SR), dtype=np.float32)]
+    clips.append(np.zeros(SR, np.float32))
+    audio = np.concatenate(clips)
+    results = collect(StreamingTranscriber(model), audio, [1280])
+    expected, tokens, _ = offline_utterances(model, audio, SILENCE_RESET_S)
+    assert utterances(results) == expected and len(expected) == 2, (utterances(results), expected)
+    assert all(text.strip() for text in expected)
+    eou_finals = sum(r.is_final and r.eou_latency is not None for r in results)
+    assert eou_finals == tokens.count(model.tokenizer.piece_to_id(EOU)) >= 1  # the same <EOU>s, at least one

@@ -8,9 +8,9 @@ Three layers, each against something independent:
   frames it sends (client-ready first, seq from 0 without gaps, 20 ms of 16 kHz PCM16 that
   correlates with the spoken WAV), mute, reset-context, a split event joined, an error shown,
   an `interruption` emptying the playback queue at once, and Stop/Start opening a new session;
-- the page against the real agent server (serve/, bundled LLM and TTS; the ASR model replaced by
-  tests/scripted_asr.py's recogniser until a demo ASR is bundled): a spoken question (espeak-ng)
-  gives a final user transcription and the start of bot audio playback.
+- the page against the real agent (`python -m minivox.serve demo`: every bundled model, the
+  streaming ASR included): a spoken question (espeak-ng) gives a final user transcription and the
+  start of bot audio playback.
 
 Needs Debian's `chromium`, node and `npm ci --prefix tests/browser` (playwright-core); a missing
 one is a failure that says how to install it, never a skip.
@@ -263,14 +263,14 @@ def _free_port() -> int:
 
 @pytest.fixture
 def agent(tmp_path):
-    """The agent (serve/ with the bundled LLM and TTS) on a free port, with tests/scripted_asr.py's
-    recogniser in place of the ASR model; yields its base URL once /healthz answers."""
+    """The agent (`python -m minivox.serve demo`, all bundled models) on a free port; yields its base
+    URL once /healthz answers."""
     _chromium()  # fail before loading models when the browser is missing
     port = _free_port()
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "scripted_asr.py"), "--host", "127.0.0.1",
-                                 "--port", str(port), QUESTION],
+        proc = subprocess.Popen([sys.executable, "-m", "minivox.serve", "demo", "--host", "127.0.0.1",
+                                 "--port", str(port)],
                                 stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}/"
     try:

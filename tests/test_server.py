@@ -110,6 +110,29 @@ def test_spoken_turn_gives_events_in_order_and_reply_audio(base_models):
     assert words(said) == words(llm_text)  # what was spoken is what the LLM wrote
 
 
+def test_a_spoken_turn_through_the_real_bundled_models():
+    """End to end with every bundled model, the demo ASR included: minivox's voice asks a question
+    in real time, the agent's recogniser hears it (streaming, turn ended by its <EOU> or the VAD),
+    the LLM answers and the answer comes back as audio. What the demo ASR hears is its own
+    (imperfect) transcript, so the check is the pipeline's: one turn, a final transcript, reply
+    audio after it, every event in order."""
+    from minivox.serve.pipeline import ModelPaths
+
+    models = Models.load(ModelPaths())
+    try:
+        audio, rate = speech(models, "What time is it?")
+        result = with_server(models, lambda server, url: run_client(url, audio, rate, realtime=True, tail_s=15))
+    finally:
+        models.close()
+    assert not result.errors, result.errors
+    assert len(result.turns) == 1, [t.heard for t in result.turns]
+    turn = result.turns[0]
+    assert turn.heard.strip() and turn.said and turn.audio_samples > 0.3 * result.reply_rate
+    types = [e["type"] for e in result.events]
+    finals = [i for i, e in enumerate(result.events) if e["type"] == "user-transcription" and e["final"] and e["text"]]
+    assert finals and finals[0] < types.index("bot-llm-started") < types.index("bot-tts-started")
+
+
 def test_44k_stereo_input_reaches_the_recogniser_like_16k_mono(base_models):
     """The same speech sent as 16 kHz mono and as 44.1 kHz stereo: the recogniser receives the
     same 16 kHz signal (up to resampling error), and both turns are heard and answered alike."""
