@@ -327,4 +327,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ValueError as exc:  # a missing or unreadable checkpoint, manifest or audio file: say which
+        sys.exit(f"bench/asr.py: {exc}")
