@@ -12,7 +12,8 @@ voice (QUESTIONS below).
     latency      per turn: end of the user's speech in the sent audio (the agent's VAD run over
                  the file) -> arrival of the turn's first reply audio at the client; p50/p90 over
                  --turns answered turns, one session per turn (questions that got no reply are
-                 listed with what the recogniser heard, and more are asked, up to 2 x --turns). Beside it the server's own breakdown
+                 listed with what the recogniser heard, and more are asked, up to 2 x --turns).
+                 Beside it the server's own breakdown
                  (medians): speech end -> turn declared over, -> first LLM text, -> first TTS audio.
     sessions     N clients at once, each asking two questions; an N is real time when no session's
                  input ever waited more than 200 ms from arrival until the ASR had processed it
@@ -83,12 +84,12 @@ async def latency(url: str, questions: list[np.ndarray], turns: int) -> dict:
 
     rows, missed, asked = [], [], 0
     while len(rows) < turns and asked < 2 * turns:  # ask until `turns` replies came (a turn can go unanswered)
-        question = QUESTIONS[asked % len(questions)]
-        result = await run_client(url, questions[asked % len(questions)], 16000, realtime=True, tail_s=12)
+        k = asked % len(questions)
+        result = await run_client(url, questions[k], 16000, realtime=True, tail_s=12)
         asked += 1
         turn = result.turns[0] if result.turns else None
         if turn is None or turn.latency_ms is None:
-            missed.append(f"{question!r} heard as {turn.heard if turn else ''!r}")
+            missed.append(f"{QUESTIONS[k]!r} heard as {turn.heard if turn else ''!r}")
         else:
             rows.append((turn.latency_ms, turn.server_metrics or {}))
     measured = [r[0] for r in rows]

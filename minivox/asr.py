@@ -303,7 +303,9 @@ class Transducer(nn.Module):
         output is noise to the joint, so training removes it (each layer adds near-constant vectors
         that swamp its LayerNorm-ed residual; 8 layers took the cross-utterance difference from 0.5
         to 3e-5) and the gradient into the acoustic path vanishes. CTC has no language model to fall
-        back on, so its loss keeps the encoder listening.
+        back on. As an auxiliary loss beside RNN-T it was not enough in the demo runs; what made the
+        encoder listen was a CTC-only start (`with_rnnt=False`, train.ctc_only_steps) with SkipInit
+        (`ConformerLayer.reset_parameters`); MODEL_CARD.md has the runs.
 
         Decoding restarts the prediction net after `<EOU>` / `<EOB>` (`StreamingTranscriber`,
         `transcribe`), so the frames after one are read from the start symbol's state. Training
