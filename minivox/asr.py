@@ -25,7 +25,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -277,6 +277,19 @@ class Transducer(nn.Module):
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids, the model expects "
                              f"{self.cfg.tokenizer.vocab_size} (tokenizer.vocab_size)")
         self.tokenizer = tokenizer
+
+    def set_att_context(self, att_context_size: tuple[int, int]) -> None:
+        """Stream (and encode offline) with another [left, right] attention context from now on.
+
+        Right = 0 answers one 80 ms frame sooner than right = 1 (no look-ahead); a model streams
+        best with the contexts it was trained on: `cfg.encoder.att_context_size` and
+        `cfg.encoder.train_att_contexts`. Set it before making transcribers (they share the model).
+        Raises ValueError for a context that cannot stream."""
+        size = tuple(int(v) for v in att_context_size)
+        checked = replace(self.cfg.encoder, att_context_size=size)  # validates it (ConformerConfig)
+        if checked.chunk_size == 0 or size[0] < 0:
+            raise ValueError(f"a streaming attention context needs left >= 0 and right >= 0, got {list(size)}")
+        self.cfg.encoder.att_context_size = size  # the encoder holds the same config object
 
     def special_ids(self) -> dict[str, int]:
         """Ids of `<EOU>` / `<EOB>` in the attached tokenizer (those it has)."""

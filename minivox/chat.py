@@ -19,6 +19,7 @@ local model is built.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import sys
@@ -105,6 +106,13 @@ class ChatContext:
         if not self.turns:
             raise ValueError("add a user message first: a conversation starts with the user")
         return self.turns[-1]
+
+    def copy(self) -> ChatContext:
+        """An independent copy (what an early reply answers, until the turn is known to be over)."""
+        twin = ChatContext.__new__(ChatContext)
+        twin.__dict__.update(self.__dict__)
+        twin.system, twin.turns = dict(self.system), copy.deepcopy(self.turns)
+        return twin
 
     def reset(self) -> None:
         """Forget every turn (the system prompt stays)."""

@@ -40,7 +40,7 @@ subsampling channels, P relative positions.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -479,6 +479,9 @@ class ConformerConfig:
     subsampling_conv_channels: int = -1  # channels of the subsampling convs; -1 = d_model (NeMo's default)
     att_context_size: tuple[int, int] = (70, 1)  # [left, right] encoder frames, chunked_limited;
     #   [70, 1] = 160 ms chunks (80 ms look-ahead on average) with 5.6 s of left context; right = -1: offline
+    train_att_contexts: list[tuple[int, int]] = field(default_factory=list)  # more [left, right] contexts to
+    #   train on (NeMo's multi-look-ahead training): each batch draws one of these or att_context_size,
+    #   uniformly; the model then streams with any of them (Transducer.set_att_context)
     xscaling: bool = True  # scale the subsampled frames by sqrt(d_model) before the layers (NeMo default)
     dropout: float = 0.1  # residual and feed-forward dropout (NeMo default)
     dropout_pre_encoder: float = 0.1  # dropout on the subsampled frames (NeMo default)
@@ -498,6 +501,8 @@ class ConformerConfig:
             (len(self.att_context_size) == 2 and left >= -1 and right >= -1, "att_context_size [left, right], each >= -1"),
             (right < 0 or left < 0 or left % (right + 1) == 0,
              "left context a multiple of the chunk size right + 1 (NeMo's rule)"),
+            (all(len(c) == 2 and c[0] >= 0 and c[1] >= 0 and c[0] % (c[1] + 1) == 0 for c in self.train_att_contexts),
+             "train_att_contexts of streaming [left, right] pairs, left a multiple of right + 1"),
         ]
         for ok, expected in checks:
             if not ok:

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from minivox.serve import protocol as proto
+from minivox.serve.early_reply import EarlyReply, run_llm
 from minivox.serve.turn_taking import BargeIn, EndOfTurn, TurnConfig, TurnTaker, UserText
 from minivox.serve.vad import VAD, VADConfig
 
@@ -58,6 +59,8 @@ class ModelPaths:
     """Checkpoints; empty means the bundled demo model in minivox/pretrained/."""
 
     asr: str = ""
+    asr_att_context: list[int] = field(default_factory=list)  # [left, right] for the streaming ASR; [] = the
+    #   checkpoint's own; right 0 answers 80 ms sooner than 1 (a model trained with both: MODEL_CARD.md)
     fastpitch: str = ""
     hifigan: str = ""
     llm: str = ""
@@ -81,6 +84,8 @@ class PipelineConfig:
     max_out_messages: int = 600  # messages waiting for a slow client (~60 s of audio) before the session is dropped
     max_in_chunks: int = 100  # received audio frames waiting for the ASR (~2 s) before reading pauses
     silence_reset_s: float = 2.0  # the ASR ends an utterance after this long without a token
+    early_reply: bool = True  # start the reply before the turn is over (serve/early_reply.py); kept if the words stay
+    early_reply_eou_prob: float = 0.02  # ... once an ASR step brings no new words and <EOU> is at least this likely
 
 
 class SpeakerTracker(Protocol):
@@ -136,6 +141,11 @@ class Models:
                              f"`torchrun --standalone --nproc_per_node=1 -m minivox.train.asr --config configs/asr_demo.toml "
                              f"--out runs/asr_demo` (see README, 'Models and training'), or pass --asr PATH")
         asr = Transducer.from_checkpoint(asr_path)
+        if paths.asr_att_context:
+            try:
+                asr.set_att_context(tuple(paths.asr_att_context))
+            except ValueError as exc:
+                raise ValueError(f"models.asr_att_context = {list(paths.asr_att_context)}: {exc}") from None
         tts = TTS.from_checkpoints(paths.fastpitch or None, paths.hifigan or None)
         if paths.llm_base_url:
             backend = OpenAIBackend(paths.llm_base_url, model=paths.llm_model or None)
@@ -276,6 +286,7 @@ class TurnTimes:
     llm_first: float | None = None  # first reply text
     tts_first: float | None = None  # first synthesised chunk
     first_audio: float | None = None  # first audio frame handed to the socket
+    early: bool = False  # the reply was drafted before the turn ended (an EarlyReply kept)
 
 
 class Session:
@@ -314,6 +325,7 @@ class Session:
         self.responder: asyncio.Task | None = None
         self.responder_turn = 0
         self.llm_future: asyncio.Future | None = None  # the thread running the latest LLM reply
+        self.draft: EarlyReply | None = None  # a reply started before the current utterance ended
         self.cancel_llm = threading.Event()
         self.resampler = None  # client rate -> 16 kHz, once the format is known
         self.heard = 0  # 16 kHz samples received
@@ -339,6 +351,7 @@ class Session:
             await self.closed.wait()
         finally:
             self.cancel_llm.set()
+            self._drop_draft()
             if self.responder:
                 self.responder.cancel()
             for task in tasks:
@@ -395,6 +408,7 @@ class Session:
         loop = asyncio.get_running_loop()
         if self.responder and not self.responder.done():
             await self._interrupt(self.responder_turn)
+        self._drop_draft()
         if self.llm_future is not None:  # the generating thread stops at its next token
             await asyncio.wait([self.llm_future], timeout=self.cfg.llm_total_timeout_s)
         self.assistant.context.reset()
@@ -452,6 +466,7 @@ class Session:
             actions += self.turns.advance(now)
             for action in actions:
                 await self._act(action)
+            self._update_draft(results)
             if last:
                 return
 
@@ -475,15 +490,46 @@ class Session:
             # The user's speech ended at the VAD's last stop, or (an <EOU> before the VAD's hangover) at
             # its next one, filled in by _listen.
             speech_end = self._wall_time_of(self.last_speech_end) if not self.vad.speaking else None
-            self.times[action.turn_id] = TurnTimes(speech_end=speech_end, turn_end=time.monotonic())
+            draft, self.draft = self.draft, None
+            if draft is not None and not draft.matches(action.text, speaker):
+                draft.cancel()
+                draft = None
+            self.times[action.turn_id] = TurnTimes(speech_end=speech_end, turn_end=time.monotonic(),
+                                                   early=draft is not None)
             self.responder_turn = action.turn_id
             self.turns.bot_started(action.turn_id)  # at once: barge-in rules apply from here
-            self.cancel_llm = threading.Event()
-            self.responder = asyncio.create_task(self._respond(action.turn_id, action.text, speaker),
+            if draft is not None:  # keep the early reply: its context and its LLM thread become the session's
+                self.assistant = draft.commit()
+                self.cancel_llm, self.llm_future = draft.cancel_event, draft.future
+            else:
+                self.cancel_llm = threading.Event()
+            self.responder = asyncio.create_task(self._respond(action.turn_id, action.text, speaker, draft),
                                                  name=f"{self.id}-turn{action.turn_id}")
+
+    def _update_draft(self, results: list) -> None:
+        """After an ASR step: drop a draft whose words changed; start one (config `early_reply`)
+        when the step brought no new words, the utterance has some, the bot is idle and <EOU> is
+        at least `early_reply_eou_prob` likely (see serve/early_reply.py)."""
+        text = self.turns.utterance_text
+        if self.draft is not None and self.draft.text != text:
+            self._drop_draft()
+        if (not self.cfg.early_reply or self.draft is not None or not results or not text.strip()
+                or any(r.text or r.is_final for r in results) or self.turns.bot_turn is not None
+                or (self.responder is not None and not self.responder.done())
+                or max(r.eou_prob for r in results) < self.cfg.early_reply_eou_prob):
+            return
+        speaker = self.speakers.speaker(self.turn_start_time, self.heard / ASR_RATE) if self.speakers else None
+        self.draft = EarlyReply(self.models, self.assistant, text, speaker, self.cfg.tts_pace,
+                                asyncio.get_running_loop()).start()
+
+    def _drop_draft(self) -> None:
+        if self.draft is not None:
+            self.draft.cancel()
+            self.draft = None
 
     async def _interrupt(self, turn_id: int) -> None:
         """Barge-in: stop the turn's LLM and TTS, drop its queued output, tell the client."""
+        self._drop_draft()
         if turn_id in self.interrupted:
             return
         self.interrupted.add(turn_id)  # from here on the sender drops every message of this turn
@@ -495,17 +541,18 @@ class Session:
 
     # --- answering -----------------------------------------------------------------
 
-    async def _respond(self, turn_id: int, text: str, speaker: int | None) -> None:
-        """LLM -> sentences -> TTS for one user turn. Ends with a ("metrics") marker that the sender
-        turns into the turn's end once its speech has played; a failure ends the turn, not the session."""
+    async def _respond(self, turn_id: int, text: str, speaker: int | None, draft: EarlyReply | None = None) -> None:
+        """LLM -> sentences -> TTS for one user turn (continuing `draft`, a kept early reply, if given).
+        Ends with a ("metrics") marker that the sender turns into the turn's end once its speech has
+        played; a failure ends the turn, not the session."""
         self.turns.bot_started(turn_id)
         sentences: asyncio.Queue = asyncio.Queue()
-        speaker_task = asyncio.create_task(self._speak(turn_id, sentences))
+        speaker_task = asyncio.create_task(self._speak(turn_id, sentences, draft))
         try:
             self._queue(turn_id, proto.event("bot-llm-started", turn_id=turn_id))
             aggregator = SentenceAggregator()
             try:
-                async for piece in self._llm_stream(turn_id, text, speaker):
+                async for piece in self._llm_stream(turn_id, text, speaker, draft):
                     self._queue(turn_id, proto.event("bot-llm-text", text=piece, turn_id=turn_id))
                     for sentence in aggregator.push(piece):
                         sentences.put_nowait(sentence)
@@ -528,37 +575,21 @@ class Session:
             await self._error(proto.ProtocolError("llm-failed", f"the reply failed: {exc}", False), turn_id)
         self._queue(turn_id, ("metrics", b""))
 
-    async def _llm_stream(self, turn_id: int, text: str, speaker: int | None) -> AsyncIterator[str]:
+    async def _llm_stream(self, turn_id: int, text: str, speaker: int | None,
+                          draft: EarlyReply | None = None) -> AsyncIterator[str]:
         """The assistant's reply text as it is generated (tool calls run in between), with timeouts.
 
-        The generator runs on an LLM worker thread and hands each piece to the loop; cancelling
-        sets `cancel_llm`, which the thread checks after every piece."""
+        The generator runs on an LLM worker thread (`run_llm`; a kept draft's is already running)
+        and hands each piece to the loop; cancelling sets `cancel_llm`, which the thread checks
+        after every piece."""
         loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue = asyncio.Queue()
         cancel = self.cancel_llm
         times = self.times.setdefault(turn_id, TurnTimes(turn_end=time.monotonic()))
-
-        def produce() -> None:
-            context = self.assistant.context
-            spoken = []
-            gen = self.assistant.respond(text, speaker)
-            try:
-                for event in gen:
-                    if cancel.is_set():
-                        break
-                    if event.text:
-                        spoken.append(event.text)
-                        loop.call_soon_threadsafe(pieces.put_nowait, event.text)
-            except Exception as exc:
-                loop.call_soon_threadsafe(pieces.put_nowait, exc)
-            finally:
-                gen.close()
-                last = context.messages()[-1] if context.messages() else None
-                if last is not None and last.get("role") == "user":  # cut short: keep what was said
-                    context.add_assistant(("".join(spoken).strip() + " ...").strip())
-                loop.call_soon_threadsafe(pieces.put_nowait, None)
-
-        future = self.llm_future = loop.run_in_executor(self.models.llm_pool, produce)
+        if draft is not None:
+            pieces, future = draft.pieces, draft.future
+        else:
+            pieces, future = run_llm(loop, self.models.llm_pool, self.assistant, text, speaker, cancel)
+            self.llm_future = future
         deadline = time.monotonic() + self.cfg.llm_total_timeout_s
         first = True
         try:
@@ -582,9 +613,9 @@ class Session:
             cancel.set()
             future.add_done_callback(lambda f: f.exception())  # the thread ends on its own; never block here
 
-    async def _speak(self, turn_id: int, sentences: asyncio.Queue) -> None:
-        """Synthesise each sentence as it arrives; audio leaves in chunks of at most 100 ms."""
-        loop = asyncio.get_running_loop()
+    async def _speak(self, turn_id: int, sentences: asyncio.Queue, draft: EarlyReply | None = None) -> None:
+        """Synthesise each sentence as it arrives (a kept draft's first one is synthesised already);
+        audio leaves in chunks of at most 100 ms."""
         started = False
         while True:
             sentence = await sentences.get()
@@ -594,12 +625,13 @@ class Session:
                 self._queue(turn_id, proto.event("bot-tts-started", turn_id=turn_id))
                 started = True
             self._queue(turn_id, proto.event("bot-transcription", text=sentence, turn_id=turn_id))
-            chunks = self.models.tts.stream(sentence, pace=self.cfg.tts_pace)
+            early = draft is not None and sentence == draft.first_sentence
+            chunks = aiter(draft.first_audio) if early else self._synthesise(sentence)
             try:
                 while True:
-                    chunk = await asyncio.wait_for(loop.run_in_executor(self.models.tts_pool, next, chunks, None),
-                                                   timeout=self.cfg.tts_timeout_s)
-                    if chunk is None:
+                    try:
+                        chunk = await asyncio.wait_for(anext(chunks), timeout=self.cfg.tts_timeout_s)
+                    except StopAsyncIteration:
                         break
                     times = self.times.get(turn_id)
                     if times is not None and times.tts_first is None:
@@ -615,6 +647,13 @@ class Session:
         if started:
             self._queue(turn_id, proto.event("bot-tts-stopped", turn_id=turn_id))
 
+    async def _synthesise(self, sentence: str) -> AsyncIterator:
+        """TTS chunks of one sentence, each made on the TTS worker thread."""
+        loop = asyncio.get_running_loop()
+        chunks = self.models.tts.stream(sentence, pace=self.cfg.tts_pace)
+        while (chunk := await loop.run_in_executor(self.models.tts_pool, next, chunks, None)) is not None:
+            yield chunk
+
     def _metrics(self, turn_id: int) -> list[str]:
         """The turn's `metrics` event: latencies in ms from the wall-clock marks (None if unknown)."""
         t = self.times.pop(turn_id, None) or TurnTimes()
@@ -622,7 +661,8 @@ class Session:
         return proto.event(
             "metrics", turn_id=turn_id, voice_to_voice_ms=ms(t.speech_end, t.first_audio),
             turn_detect_ms=ms(t.speech_end, t.turn_end), llm_first_text_ms=ms(t.turn_end, t.llm_first),
-            tts_first_audio_ms=ms(t.llm_first, t.tts_first), max_input_lag_ms=round(self.max_input_lag * 1000, 1))
+            tts_first_audio_ms=ms(t.llm_first, t.tts_first), max_input_lag_ms=round(self.max_input_lag * 1000, 1),
+            early_reply=t.early)
 
     # --- output --------------------------------------------------------------------
 

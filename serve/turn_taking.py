@@ -235,6 +235,11 @@ class TurnTaker:
         self._utt = _Utterance()
         self._speech_seen = self.speaking
 
+    @property
+    def utterance_text(self) -> str:
+        """The text of the utterance in progress ("" between utterances)."""
+        return self._utt.text
+
     # ---- rules -------------------------------------------------------------------------
 
     def _has_words(self) -> bool:

@@ -3,7 +3,9 @@
 `ScriptedTranscriber` has the StreamingTranscriber interface (`step(pcm16k) -> [ASRResult]`,
 `reset()`) and "hears" the next utterance of its script whenever it detects speech by energy:
 the first two words 300 ms into the speech, the rest and an <EOU> final 300 ms after the speech
-stops. So pipeline tests check turn-taking, barge-in, event order, isolation and timing whatever
+stops. With `quiet_at_ms`, a result with no text and an <EOU> probability of 0.3 comes that long
+after the speech stops (what lets the session start an early reply), and `rest_at_ms` moves the
+rest of the words. So pipeline tests check turn-taking, barge-in, event order, isolation and timing whatever
 the ASR model's accuracy (tests/test_server.py; its real-ASR turn and the browser test run the
 bundled demo ASR).
 """
@@ -22,8 +24,10 @@ SPEECH_RMS = 0.01  # a 10 ms frame louder than this is speech for the scripted r
 class ScriptedTranscriber:
     """Speaks its script's utterances in order as speech segments end (see the module docstring)."""
 
-    def __init__(self, script: list[str]):
+    def __init__(self, script: list[str], quiet_at_ms: int | None = None, rest_at_ms: int = 300):
         self.script = deque(script)
+        self.quiet_frames = None if quiet_at_ms is None else quiet_at_ms // 10
+        self.rest_frames = rest_at_ms // 10
         self.heard: list[np.ndarray] = []  # every chunk received (16 kHz)
         self.reset()
 
@@ -47,10 +51,13 @@ class ScriptedTranscriber:
                     out.append(ASRResult(" ".join(self.words[:2]), False, 0.01, 0.0, audio_time=now))
             elif self.speech:
                 self.silence += 1
-                if self.silence == 30:  # 300 ms after the speech: the rest, and <EOU>
+                if self.words is not None and self.silence == self.rest_frames:  # the rest of the words
+                    rest = " ".join(self.words[2:])
+                    out.append(ASRResult(" " + rest if rest else "", False, 0.2, 0.0, audio_time=now))
+                if self.words is not None and self.silence == self.quiet_frames:  # no words, <EOU> likelier
+                    out.append(ASRResult("", False, 0.3, 0.0, audio_time=now))
+                if self.silence == 30:  # 300 ms after the speech: <EOU>
                     if self.words is not None:
-                        rest = " ".join(self.words[2:])
-                        out.append(ASRResult(" " + rest if rest else "", False, 0.2, 0.0, audio_time=now))
                         out.append(ASRResult("", True, 0.9, 0.0, eou_latency=0.3, audio_time=now))
                     self.speech, self.silence, self.words = 0, 0, None
         return out

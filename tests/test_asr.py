@@ -615,3 +615,28 @@ def test_bundled_demo_model_streams_what_it_transcribes_offline():
     assert all(text.strip() for text in expected)
     eou_finals = sum(r.is_final and r.eou_latency is not None for r in results)
     assert eou_finals == tokens.count(model.tokenizer.piece_to_id(EOU)) >= 1  # the same <EOU>s, at least one
+
+
+def test_set_att_context_streams_with_the_new_look_ahead(eou_model):
+    """A model switched from [4, 1] to [4, 0] streams what it transcribes offline under the new mask
+    (one-frame chunks), and its encoder output differs (the look-ahead is gone); a context that
+    cannot stream is refused with the reason."""
+    audio = noise(4.0, seed=9)
+    before, _ = eou_model.encode_audio(audio)
+    try:
+        eou_model.set_att_context((4, 0))
+        assert eou_model.encoder.cfg.att_context_size == (4, 0) and eou_model.encoder.cfg.chunk_size == 1
+        after, _ = eou_model.encode_audio(audio)
+        assert not torch.allclose(before, after, atol=1e-3)
+        expected, _, _ = offline_utterances(eou_model, audio, SILENCE_RESET_S)
+        transcriber = StreamingTranscriber(eou_model)
+        assert transcriber.chunk_frames == 1
+        assert utterances(collect(transcriber, audio, [640, 1000])) == expected
+        for bad in ((4, -1), (-1, 0), (5, 1)):
+            with pytest.raises(ValueError):
+                eou_model.set_att_context(bad)
+        assert eou_model.cfg.encoder.att_context_size == (4, 0)  # a refused context changes nothing
+    finally:
+        eou_model.set_att_context((4, 1))
+    again, _ = eou_model.encode_audio(audio)
+    assert torch.equal(before, again)

@@ -44,13 +44,13 @@ def base_models():
     m.close()
 
 
-def scripted(base: Models, *scripts: list[str], backend=None) -> tuple[Models, list[ScriptedTranscriber]]:
-    """Models whose sessions get ScriptedTranscribers with these scripts, in connection order."""
+def scripted(base: Models, *scripts: list[str], backend=None, **timing) -> tuple[Models, list[ScriptedTranscriber]]:
+    """Models whose sessions get ScriptedTranscribers with these scripts (and `timing`), in connection order."""
     made: list[ScriptedTranscriber] = []
     pending = deque(scripts)
 
     def factory():
-        made.append(ScriptedTranscriber(pending.popleft() if pending else []))
+        made.append(ScriptedTranscriber(pending.popleft() if pending else [], **timing))
         return made[-1]
 
     models = Models(None, base.tts, backend or base.backend, tools=base.tools, transcriber=factory)
@@ -276,6 +276,51 @@ class RecordingBackend:
     def stream_chat(self, messages, tools, options):
         self.requests.append([m["content"] for m in messages if m["role"] == "user"])
         yield from self.backend.stream_chat(messages, tools, options)
+
+
+def test_an_early_reply_is_kept_when_the_words_stay_and_its_context_carries_on(base_models):
+    """The recogniser has every word 100 ms after the speech, then a step with no words and a
+    rising <EOU> probability (200 ms), then <EOU> (300 ms): the session starts the reply at 200 ms
+    and keeps it. One LLM request per turn (the kept draft is the turn's), the metrics say so, and
+    the second turn's request holds both user turns (the draft's context became the session's)."""
+    recorder = RecordingBackend(base_models.backend)
+    models, _ = scripted(base_models, ["what time", "good night"], backend=recorder, quiet_at_ms=200, rest_at_ms=100)
+    a, _ = speech(models, "What time?")
+    b, _ = speech(models, "Good night.")
+    gap = np.zeros(16000 * 3, np.float32)
+    result = with_server(models, lambda server, url: run_client(url, np.concatenate([a, gap, b]), 16000,
+                                                                   realtime=True, tail_s=15))
+    assert not result.errors, result.errors
+    assert [words(t.heard) for t in result.turns] == [["what", "time"], ["good", "night"]]
+    assert all(t.said and t.audio_samples > 0 for t in result.turns)
+    assert [t.server_metrics["early_reply"] for t in result.turns] == [True, True]
+    # One request per LLM round (a tool call adds one): the first turn's alone, then both turns.
+    first = [r for r in recorder.requests if r == ["what time"]]
+    assert first and recorder.requests[:len(first)] == first
+    assert recorder.requests[len(first):] and all(r == ["what time", "good night"]
+                                                  for r in recorder.requests[len(first):])
+
+
+def test_an_early_reply_is_dropped_when_more_words_come(base_models):
+    """The quiet step (100 ms after the speech) comes before the last words (300 ms): the draft for
+    "convert ten" is dropped when the turn ends as "convert ten miles to kilometers", which gets a
+    fresh reply; the dropped draft leaves nothing in the context (its tools never run before a
+    commit: tests/test_early_reply.py)."""
+    recorder = RecordingBackend(base_models.backend)
+    models, _ = scripted(base_models, ["convert ten miles to kilometers", "thank you very much"], backend=recorder,
+                         quiet_at_ms=100, rest_at_ms=300)
+    a, _ = speech(models, "Convert ten miles to kilometers.")
+    b, _ = speech(models, "Thank you very much.")
+    gap = np.zeros(16000 * 4, np.float32)
+    result = with_server(models, lambda server, url: run_client(url, np.concatenate([a, gap, b]), 16000,
+                                                                   realtime=True, tail_s=15))
+    assert not result.errors, result.errors
+    assert [t.server_metrics["early_reply"] for t in result.turns] == [False, False]
+    assert recorder.requests[0] == ["convert ten"]  # the draft asked, then was dropped
+    later = recorder.requests[1:]
+    assert later[0] == ["convert ten miles to kilometers"]
+    assert later[-1] == ["convert ten miles to kilometers", "thank you very much"]
+    assert all("convert ten" not in r for r in later)
 
 
 def test_concurrent_sessions_do_not_see_each_other(base_models):

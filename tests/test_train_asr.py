@@ -183,10 +183,12 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert isinstance(model.transcribe(tone_clip(0, 1.0))[0].text, str)
 
 
-def run_script(out: Path, train: Path, dev: Path, *extra: str, resume: Path | None = None) -> None:
+def run_script(out: Path, train: Path, dev: Path, *extra: str, resume: Path | None = None,
+               init_from: Path | None = None) -> None:
     """`python -m minivox.train.asr` on asr_tiny for 6 steps (a fresh process, as a resumed run is)."""
     cmd = [sys.executable, "-m", "minivox.train.asr", "--config", str(TINY), "--out", str(out)]
     cmd += ["--resume", str(resume)] if resume else []
+    cmd += ["--init-from", str(init_from)] if init_from else []
     cmd += [f"data.train_manifest={train}", f"data.dev_manifest={dev}", "model.tokenizer.vocab_size=40",
             "train.max_steps=6", "train.eval_every=2", "train.checkpoint_every=100", *extra]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -222,6 +224,45 @@ def test_resume_is_exact(tmp_path):
                             f"data.dev_manifest={dev}", "model.tokenizer.vocab_size=40", "model.joint.dropout=0.3"])
     finally:
         torch.set_num_threads(threads)
+
+
+def test_init_from_fine_tunes_a_checkpoint_with_another_look_ahead(tmp_path):
+    """--init-from starts from the checkpoint's weights (input normalisation included) and
+    tokenizer: with lr 0 they come out unchanged. Multi-look-ahead draws are seeded by step (the
+    same on every rank and after a resume), use every context, and leave the default in place
+    between steps; a checkpoint of another architecture, or --resume beside it, is refused."""
+    train, dev = tone_corpus(tmp_path / "data")
+    run_script(tmp_path / "base", train, dev)
+    source = Transducer.from_checkpoint(tmp_path / "base" / "last.pt")
+    run_script(tmp_path / "ft", train, dev, "train.lr=0", "train.ctc_only_steps=0",
+               "model.encoder.train_att_contexts=[[4, 0]]", init_from=tmp_path / "base" / "last.pt")
+    tuned = Transducer.from_checkpoint(tmp_path / "ft" / "last.pt")
+    assert Tokenizer.load(tmp_path / "ft" / "tokenizer.model") == source.tokenizer == tuned.tokenizer
+    for name, value in source.state_dict().items():
+        assert torch.equal(value, tuned.state_dict()[name]), name
+    assert tuned.cfg.encoder.att_context_size == (4, 1) and tuned.cfg.encoder.train_att_contexts == [(4, 0)]
+    start = json.loads((tmp_path / "ft" / "log.jsonl").read_text().splitlines()[0])
+    assert start["init_from"] == str(tmp_path / "base" / "last.pt")
+
+    draws = [train_asr.draw_att_context(tuned.cfg.encoder, 0, step) for step in range(40)]
+    assert set(draws) == {(4, 1), (4, 0)} and 10 <= draws.count((4, 0)) <= 30
+    assert draws == [train_asr.draw_att_context(tuned.cfg.encoder, 0, step) for step in range(40)]
+    with pytest.raises(RuntimeError):
+        with train_asr.att_context(tuned, (4, 0)):
+            assert tuned.encoder.cfg.att_context_size == (4, 0)
+            raise RuntimeError("the step failed")
+    assert tuned.encoder.cfg.att_context_size == (4, 1)
+
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(ValueError, match="cannot fine-tune .* differs .* encoder"):
+            train_asr.main(["--config", str(TINY), "--out", str(tmp_path / "bad"), "--init-from",
+                            str(tmp_path / "base" / "last.pt"), f"data.train_manifest={train}",
+                            f"data.dev_manifest={dev}", "model.tokenizer.vocab_size=40", "model.encoder.n_layers=1"])
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(SystemExit):
+        train_asr.main(["--init-from", "a.pt", "--resume", "b/state.pt"])
 
 
 # ---------------------------------------------------------------------------------------

@@ -16,6 +16,12 @@ Usage (from the repository root, after `pip install -e .`):
         data.train_manifest=my/train.jsonl data.dev_manifest=my/dev.jsonl
     torchrun --standalone --nproc_per_node=8 -m minivox.train.asr --config configs/asr_base.toml
 
+    # Fine-tune a checkpoint (its weights and tokenizer; a fresh optimizer and schedule), e.g. the
+    # bundled model on your data, or with another look-ahead added (multi-look-ahead, below):
+    torchrun --standalone --nproc_per_node=1 -m minivox.train.asr --config configs/asr_demo.toml \
+        --out runs/asr_ft --init-from minivox/pretrained/asr_demo.pt train.ctc_only_steps=0 \
+        'model.encoder.train_att_contexts=[[70, 0]]' train.max_steps=2000 train.warmup_steps=100
+
     # Then: minivox transcribe speech.wav --checkpoint runs/asr_demo/best.pt
 
 A preset holds three tables: [model] (minivox.asr.ASRConfig), [train] (TrainConfig below, with
@@ -46,6 +52,9 @@ Recipe, in the order the loop runs it:
     plus `ctc_weight` x an auxiliary CTC loss on the encoder (model.ctc_head; why: Transducer.forward);
     the first `ctc_only_steps` steps may train the encoder with CTC alone (prediction net and joint idle),
     AdamW, linear warm-up then cosine decay, gradient clipping.
+  - Multi-look-ahead (NeMo's cache-aware models): with `model.encoder.train_att_contexts`, each step
+    draws its attention context uniformly from those and `att_context_size` (the same on every
+    rank), so one model streams with any of them (`Transducer.set_att_context`).
   - Every `eval_every` steps rank 0 transcribes dev utterances with greedy decoding (the
     streaming transcriber's search, `Transducer.transcribe`) and logs the WER.
 Every random draw of the data side (speed factors, masks) comes from a generator seeded with
@@ -58,6 +67,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -72,6 +82,7 @@ import torch.distributed as torch_dist
 
 from minivox.asr import EOB, EOU, ASRConfig, Transducer
 from minivox.audio import read_wav, resample
+from minivox.conformer import ConformerConfig
 from minivox.config import load_config
 from minivox.data.augment import speed_perturb
 from minivox.data.manifest import read_manifest
@@ -290,6 +301,48 @@ def training_loss(model, batch: Batch, tc: TrainConfig, step: int = 0) -> tuple[
     return loss, parts
 
 
+def draw_att_context(enc: ConformerConfig, seed: int, step: int) -> tuple[int, int]:
+    """The attention context of a training step: att_context_size, or with `train_att_contexts`
+    (multi-look-ahead training) one of them all drawn uniformly, the same on every rank."""
+    choices = [tuple(enc.att_context_size)]
+    choices += [tuple(c) for c in enc.train_att_contexts if tuple(c) not in choices]
+    if len(choices) == 1:
+        return choices[0]
+    return choices[int(np.random.default_rng([seed, step, 1]).integers(len(choices)))]
+
+
+@contextmanager
+def att_context(model: Transducer, size: tuple[int, int]):
+    """Run the block with the model's attention context set to `size`, then restore it."""
+    default = model.cfg.encoder.att_context_size
+    if tuple(size) == tuple(default):
+        yield
+        return
+    model.set_att_context(size)
+    try:
+        yield
+    finally:
+        model.cfg.encoder.att_context_size = default
+
+
+def load_init_checkpoint(path: str, cfg: ASRTrainingConfig) -> Transducer:
+    """The checkpoint --init-from fine-tunes: its architecture must be this run's [model]."""
+    try:
+        source = Transducer.from_checkpoint(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot fine-tune from {path}: {exc}") from None
+    mine, theirs = asdict(cfg.model), asdict(source.cfg)
+    for c in (mine, theirs):  # contexts may differ: they change the attention mask, not the weights
+        c["encoder"].pop("att_context_size"), c["encoder"].pop("train_att_contexts")
+    if mine != theirs:
+        diff = sorted(f"{k}" for k in mine if mine[k] != theirs.get(k))
+        raise ValueError(f"cannot fine-tune from {path}: its [model] differs from this run's in {', '.join(diff)} "
+                         f"(checkpoint: {[theirs[k] for k in diff]}, run: {[mine[k] for k in diff]})")
+    if source.tokenizer is None:
+        raise ValueError(f"cannot fine-tune from {path}: it holds no tokenizer")
+    return source
+
+
 def ctc_loss(log_probs: torch.Tensor, batch: Batch, enc_lengths: torch.Tensor) -> torch.Tensor:
     """CTC loss of the encoder head's log-probabilities [B, T, V + 1] (blank last), summed per
     utterance and averaged over the batch."""
@@ -314,7 +367,7 @@ def evaluate(model: Transducer, rows: list[dict], audio: list[np.ndarray], eob_b
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_train_args(__doc__, "configs/asr_demo.toml", argv)
+    args = parse_train_args(__doc__, "configs/asr_demo.toml", argv, init_from=True)
     cfg = load_config(ASRTrainingConfig, args.config, args.overrides)
     tc = cfg.train
     dist = init_distributed(tc.device)
@@ -344,8 +397,13 @@ def train(cfg: ASRTrainingConfig, args, dist, out: Path, log: JSONLLogger) -> in
         raise ValueError(f"no training rows in {dc.train_manifest} between {dc.min_duration} and {dc.max_duration} s")
     texts = [transcript(r, dc.eob_backchannels) for r in rows]
     tokenizer_path = out / "tokenizer.model"
+    source = load_init_checkpoint(args.init_from, cfg) if args.init_from else None
     if args.resume:  # the tokenizer the run started with, beside its state file
         tokenizer = Tokenizer.load(Path(args.resume).with_name("tokenizer.model"))
+    elif source is not None:  # fine-tuning keeps the checkpoint's tokenizer
+        if dist.is_main:
+            source.tokenizer.save(tokenizer_path)
+        tokenizer = source.tokenizer
     else:
         if dist.is_main:
             Tokenizer.train(texts, cfg.model.tokenizer.vocab_size, model_type=cfg.model.tokenizer.model_type,
@@ -362,7 +420,9 @@ def train(cfg: ASRTrainingConfig, args, dist, out: Path, log: JSONLLogger) -> in
     # ---- model and optimizer
     seed_everything(tc.seed)
     model = Transducer(cfg.model, tokenizer).to(dist.device)
-    if not args.resume:  # the encoder's fixed input normalisation, from a sample of training audio
+    if source is not None:  # its weights, input normalisation included
+        model.load_state_dict(source.state_dict())
+    elif not args.resume:  # the encoder's fixed input normalisation, from a sample of training audio
         set_feature_stats(model, rows, cfg, dist.device)
     torch.manual_seed(tc.seed + 1 + dist.rank)  # each rank its own dropout stream
     params = sum(p.numel() for p in model.parameters())
@@ -387,7 +447,8 @@ def train(cfg: ASRTrainingConfig, args, dist, out: Path, log: JSONLLogger) -> in
     if dist.is_main:
         log.log(event="start", step=step, params=params, world_size=dist.world_size, threads=torch.get_num_threads(),
                 device=str(dist.device), train_rows=len(rows), batches_per_epoch=batches.per_epoch,
-                train_hours=sum(r["duration"] for r in rows) / 3600, config=asdict(cfg), resume=args.resume)
+                train_hours=sum(r["duration"] for r in rows) / 3600, config=asdict(cfg), resume=args.resume,
+                init_from=args.init_from)
 
     stop = GracefulStop()  # Ctrl-C / SIGTERM: finish the step, save, exit
 
@@ -428,7 +489,8 @@ def train(cfg: ASRTrainingConfig, args, dist, out: Path, log: JSONLLogger) -> in
             rng = np.random.default_rng([tc.seed, dist.rank, step])
             batch = make_batch(rows, tokens, indices, model, cfg, rng, dist.device)
             data_s = time.perf_counter() - started
-            loss, parts = training_loss(ddp, batch, tc, step)
+            with att_context(model, draw_att_context(cfg.model.encoder, tc.seed, step)):
+                loss, parts = training_loss(ddp, batch, tc, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)

@@ -320,15 +320,23 @@ class JSONLLogger:
             f.write(json.dumps(record) + "\n")
 
 
-def parse_train_args(doc: str | None, default_config: str, argv: list[str] | None = None) -> argparse.Namespace:
-    """The arguments every training script takes: --config, --out, --resume, then key=value overrides."""
+def parse_train_args(doc: str | None, default_config: str, argv: list[str] | None = None,
+                     init_from: bool = False) -> argparse.Namespace:
+    """The arguments every training script takes: --config, --out, --resume, then key=value overrides
+    (and --init-from, for the scripts that can fine-tune a checkpoint)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=default_config, help=f"TOML preset (default: {default_config})")
     parser.add_argument("--out", default=None, help="run folder for checkpoints and logs (default: runs/<config name>)")
     parser.add_argument("--resume", default=None,
                         help="training-state file to continue from exactly (e.g. runs/asr_demo/state.pt)")
+    if init_from:
+        parser.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                            help="start a fresh run (new optimizer and LR schedule) from this inference checkpoint's "
+                                 "weights and tokenizer: fine-tuning (e.g. minivox/pretrained/asr_demo.pt)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     args = parser.parse_args(argv)
+    if getattr(args, "init_from", None) and args.resume:
+        parser.error("--init-from starts a new run and --resume continues one: give one of them")
     if args.out is None:
         args.out = str(Path("runs") / Path(args.config).stem)
     return args
