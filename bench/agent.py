@@ -14,7 +14,8 @@ voice (QUESTIONS below).
                  --turns answered turns, one session per turn (questions that got no reply are
                  listed with what the recogniser heard, and more are asked, up to 2 x --turns).
                  Beside it the server's own breakdown
-                 (medians): speech end -> turn declared over, -> first LLM text, -> first TTS audio.
+                 (medians): speech end -> turn declared over, -> first LLM text, -> first TTS audio,
+                 and how many turns kept an early reply (serve/early_reply.py; ~0 ms to first text).
     sessions     N clients at once, each asking two questions; an N is real time when no session's
                  input ever waited more than 200 ms from arrival until the ASR had processed it
                  (the server's max_input_lag_ms). The table's last real-time N is the capacity.
@@ -97,7 +98,7 @@ async def latency(url: str, questions: list[np.ndarray], turns: int) -> dict:
     return {"turns": len(measured), "asked": asked, "missed": missed,
             "p50": percentile(measured, 50), "p90": percentile(measured, 90),
             "turn_detect": server("turn_detect_ms"), "llm_first": server("llm_first_text_ms"),
-            "tts_first": server("tts_first_audio_ms")}
+            "tts_first": server("tts_first_audio_ms"), "early": sum(1 for _, m in rows if m.get("early_reply"))}
 
 
 async def concurrent(url: str, questions: list[np.ndarray], n: int) -> dict:
@@ -141,10 +142,11 @@ def main() -> int:
     for line in lat["missed"]:
         print(f"  no reply: {line}")
     print()
-    print("| p50 | p90 | server: speech end -> turn end | turn end -> first LLM text | LLM text -> first TTS audio |")
-    print("|---|---|---|---|---|")
+    print("| p50 | p90 | server: speech end -> turn end | turn end -> first LLM text | LLM text -> first TTS audio "
+          "| early replies kept |")
+    print("|---|---|---|---|---|---|")
     print(f"| {lat['p50']:.0f} ms | {lat['p90']:.0f} ms | {lat['turn_detect']:.0f} ms | {lat['llm_first']:.0f} ms "
-          f"| {lat['tts_first']:.0f} ms |\n")
+          f"| {lat['tts_first']:.0f} ms | {lat['early']} of {lat['turns']} |\n")
     print("| concurrent sessions | max input lag | real time (<= 200 ms) | turns answered | latency p50 |")
     print("|---|---|---|---|---|")
     for r in rows:

@@ -261,6 +261,9 @@ def main(argv=None) -> int:
                         help="quality table row for Debian's pocketsphinx-testdata recordings (real speech)")
     parser.add_argument("--beam", type=int, default=4, help="beam size of the beam-search WER (default 4)")
     parser.add_argument("--eval-threads", type=int, default=2, help="threads for the offline WER decoding")
+    parser.add_argument("--att-context", action="append", default=[], metavar="LEFT,RIGHT",
+                        help="stream and score with this attention context (repeatable; default: the checkpoint's), "
+                             "e.g. --att-context 70,1 --att-context 70,0 for a multi-look-ahead model")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average before: "
@@ -278,6 +281,11 @@ def main(argv=None) -> int:
         print()
 
     model, label = demo_model(args.checkpoint)
+    try:
+        contexts = [tuple(int(v) for v in c.split(",")) for c in args.att_context] or \
+            [tuple(model.cfg.encoder.att_context_size)]
+    except ValueError:
+        raise SystemExit(f"bench/asr.py: --att-context takes LEFT,RIGHT (e.g. 70,0), got {args.att_context}") from None
     if args.audio:
         from minivox.audio import read_wav, resample
         audio, rate = read_wav(args.audio, mono=True)
@@ -289,13 +297,15 @@ def main(argv=None) -> int:
                                 for r in read_manifest(args.manifest)[:args.utterances]])
     else:
         audio = synthetic_audio(args.seconds)
-    r = bench_streaming(model, audio)
     params = sum(p.numel() for p in model.parameters())
-    print("| streaming model | params | chunk | RTF, 1 thread | compute per chunk p50 / p95 "
+    print("| streaming model | params | context | chunk | RTF, 1 thread | compute per chunk p50 / p95 "
           "| algorithmic latency mean / max |")
-    print("|---|---|---|---|---|---|")
-    print(f"| {label} | {params / 1e6:.1f}M | {r['chunk_ms']:.0f} ms | {r['rtf']:.3f} | {r['p50']:.1f} / {r['p95']:.1f} ms "
-          f"| {r['chunk_ms'] / 2:.0f} / {r['chunk_ms']:.0f} ms |")
+    print("|---|---|---|---|---|---|---|")
+    for context in contexts:
+        model.set_att_context(context)
+        r = bench_streaming(model, audio)
+        print(f"| {label} | {params / 1e6:.1f}M | {list(context)} | {r['chunk_ms']:.0f} ms | {r['rtf']:.3f} "
+              f"| {r['p50']:.1f} / {r['p95']:.1f} ms | {r['chunk_ms'] / 2:.0f} / {r['chunk_ms']:.0f} ms |")
     print(f"\n{audio.size / 16000:.1f} s streamed in 80 ms chunks; {r['chars']} characters of text; "
           f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
@@ -305,10 +315,11 @@ def main(argv=None) -> int:
     if sets:
         if not args.checkpoint:
             raise SystemExit("--eval / --pocketsphinx need --checkpoint")
-        print(f"\n| set | utterances | WER greedy | WER beam {args.beam} | EOU precision / recall | "
+        print(f"\n| set | context | utterances | WER greedy | WER beam {args.beam} | EOU precision / recall | "
               "EOU latency p50 / p90 | backchannels ending in <EOB> |")
-        print("|---|---|---|---|---|---|---|")
-        for name, load in sets:
+        print("|---|---|---|---|---|---|---|---|")
+        for (name, load), context in ((s, c) for s in sets for c in contexts):
+            model.set_att_context(context)
             rows = load()
             torch.set_num_threads(args.eval_threads)
             greedy, beam = eval_wer(model, rows, 1), eval_wer(model, rows, args.beam)
@@ -322,7 +333,8 @@ def main(argv=None) -> int:
                 eou_cells = (f"{score.precision:.3f} / {score.recall:.3f} ({score.num_utterances}) | "
                              f"{score.latency_p50 * 1e3:.0f} / {score.latency_p90 * 1e3:.0f} ms | "
                              f"{e['eob_accuracy']:.2f} ({e['backchannels']})")
-            print(f"| {name} | {len(rows)} | {100 * greedy:.2f}% | {100 * beam:.2f}% | {eou_cells} |", flush=True)
+            print(f"| {name} | {list(context)} | {len(rows)} | {100 * greedy:.2f}% | {100 * beam:.2f}% | {eou_cells} |",
+                  flush=True)
     return 0
 
 

@@ -60,7 +60,8 @@ class ModelPaths:
 
     asr: str = ""
     asr_att_context: list[int] = field(default_factory=list)  # [left, right] for the streaming ASR; [] = the
-    #   checkpoint's own; right 0 answers 80 ms sooner than 1 (a model trained with both: MODEL_CARD.md)
+    #   checkpoint's own. The demo model also streams with [70, 0]: turns end ~45 ms sooner, for twice
+    #   the ASR compute (README: agent latency and capacity with each)
     fastpitch: str = ""
     hifigan: str = ""
     llm: str = ""

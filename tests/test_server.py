@@ -264,6 +264,21 @@ def test_barge_in_stops_the_reply_and_no_audio_of_that_turn_follows(base_models)
     assert next(e for e in events if e["type"] == "bot-tts-started" and e["turn_id"] == 2)
 
 
+def test_models_stream_the_asr_with_the_configured_att_context():
+    """The bundled ASR was trained with and without look-ahead: the agent can stream it with either;
+    a context that cannot stream is refused at load, naming the setting."""
+    from minivox.serve.pipeline import ModelPaths
+
+    models = Models.load(ModelPaths(asr_att_context=[70, 0]))
+    try:
+        assert (70, 0) in [tuple(c) for c in models.asr.cfg.encoder.train_att_contexts]
+        assert models.asr.cfg.encoder.att_context_size == (70, 0)
+    finally:
+        models.close()
+    with pytest.raises(ValueError, match=r"models.asr_att_context = \[70, -1\]"):
+        Models.load(ModelPaths(asr_att_context=[70, -1]))
+
+
 class RecordingBackend:
     """Wraps a backend and records the user messages of every request it gets."""
 
