@@ -447,7 +447,7 @@ def _frames_to_log_mel(frames: torch.Tensor, window: torch.Tensor, filterbank: t
     spectrum = torch.fft.rfft(frames * window, n=cfg.n_fft)  # [..., T, F] complex
     power = spectrum.real ** 2 + spectrum.imag ** 2  # [..., T, F]
     spec = power if cfg.power == 2.0 else torch.sqrt(power + MAGNITUDE_GUARD)
-    mel = spec @ filterbank.T  # [..., T, M]
+    mel = spec @ filterbank.transpose(-1, -2)  # [..., T, M] (a filterbank per row: [B, M, F])
     return torch.log(mel + cfg.log_guard).transpose(-1, -2)  # [..., M, T]
 
 
@@ -475,10 +475,11 @@ class LogMel(nn.Module):
         self.register_buffer("window", window, persistent=False)  # [W]; derived from cfg, not saved
         self.register_buffer("filterbank", fb, persistent=False)  # [M, F]
 
-    def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None,
+                filterbank: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """audio [B, S] float, lengths [B] int samples (None = all S) -> (features [B, M, T] with
-        T = ceil(S / hop), frame_lengths [B] = ceil(lengths / hop))."""
+        T = ceil(S / hop), frame_lengths [B] = ceil(lengths / hop)). `filterbank` [B, M, F]
+        replaces the mel filterbank row by row (train/asr.py's vocal tract length perturbation)."""
         if audio.ndim != 2 or not audio.is_floating_point():
             raise ValueError(f"LogMel: expected float audio [B, S], got {audio.dtype} {tuple(audio.shape)}")
         B, S = audio.shape
@@ -486,6 +487,9 @@ class LogMel(nn.Module):
             lengths = torch.full((B,), S, dtype=torch.long, device=audio.device)
         if lengths.shape != (B,) or bool((lengths < 0).any()) or bool((lengths > S).any()):
             raise ValueError(f"LogMel: expected lengths [B={B}] in [0, {S}], got {lengths.tolist()}")
+        if filterbank is not None and filterbank.shape != (B, *self.filterbank.shape):
+            raise ValueError(f"LogMel: expected a filterbank per row [{B}, {self.filterbank.shape[0]}, "
+                             f"{self.filterbank.shape[1]}], got {tuple(filterbank.shape)}")
         cfg, W = self.cfg, self.cfg.win_length
         T = cfg.num_frames(S)
         frame_lengths = cfg.num_frames(lengths)
@@ -500,7 +504,8 @@ class LogMel(nn.Module):
         right = max(0, (T - 1) * cfg.hop_length + W - W // 2 - S)
         x = F.pad(x, (W // 2, right))  # [B, W // 2 + S + right]
         frames = x.unfold(1, W, cfg.hop_length)[:, :T]  # [B, T, W] view
-        window, fb = self.window.to(audio.dtype), self.filterbank.to(audio.dtype)
+        window = self.window.to(audio.dtype)
+        fb = (self.filterbank if filterbank is None else filterbank).to(audio.dtype)  # [M, F] or [B, M, F]
         features = _frames_to_log_mel(frames, window, fb, cfg)  # [B, M, T]
         frame_valid = torch.arange(T, device=audio.device)[None, :] < frame_lengths[:, None]  # [B, T]
         return features.masked_fill(~frame_valid[:, None, :], 0.0), frame_lengths

@@ -95,6 +95,28 @@ def test_spec_augment_masks_inside_lengths_with_the_row_mean(seed, lengths):
         assert n == 0 or int(full_rows.sum()) <= cfg.freq_masks * cfg.freq_width
 
 
+@pytest.mark.parametrize("alpha", [0.88, 0.95, 1.05, 1.12])
+def test_vtlp_moves_a_tone_as_a_tone_of_alpha_times_its_frequency(alpha):
+    """Vocal tract length perturbation: warp 1 is the identity; with warp alpha, a 1 kHz tone's
+    features peak where an alpha kHz tone's do, and the warped filterbank applies row by row."""
+    from minivox.audio import LogMel
+
+    logmel = LogMel()
+    fb = logmel.filterbank
+    assert torch.allclose(train_asr.vtlp_filterbank(fb, 1.0), fb)
+    t = torch.arange(16000) / 16000
+    tone = lambda hz: torch.sin(2 * np.pi * hz * t)[None]  # noqa: E731
+    peak = lambda feats: int(feats[0].mean(1).argmax())  # noqa: E731
+    warped, _ = logmel(tone(1000), filterbank=train_asr.vtlp_filterbank(fb, alpha)[None])
+    moved, _ = logmel(tone(1000 * alpha))
+    assert abs(peak(warped) - peak(moved)) <= 1 and peak(warped) != peak(logmel(tone(1000))[0])
+    both = torch.cat([tone(1000), tone(1000)])
+    rows, _ = logmel(both, filterbank=torch.stack([fb, train_asr.vtlp_filterbank(fb, alpha)]))
+    assert torch.equal(rows[0], logmel(tone(1000))[0][0]) and torch.allclose(rows[1], warped[0])
+    with pytest.raises(ValueError, match="filterbank per row"):
+        logmel(both, filterbank=fb[None])
+
+
 def test_transcripts_end_in_eou_or_eob_for_backchannels():
     assert train_asr.transcript({"text": "turn it off"}) == "turn it off" + EOU
     assert train_asr.transcript({"text": "uh huh", "backchannel": True}) == "uh huh" + EOB
@@ -198,13 +220,14 @@ def run_script(out: Path, train: Path, dev: Path, *extra: str, resume: Path | No
 
 def test_resume_is_exact(tmp_path):
     """6 steps straight == 3 steps, then --resume in a new process, 3 steps: the same weights and
-    AdamW moments, bit for bit (speed perturbation, SpecAugment, dropout and the evaluations in
-    between included)."""
+    AdamW moments, bit for bit (speed perturbation, VTLP, SpecAugment, dropout and the evaluations
+    in between included)."""
     train, dev = tone_corpus(tmp_path / "data")
-    run_script(tmp_path / "straight", train, dev)
-    run_script(tmp_path / "split", train, dev, "train.run_steps=3")
+    vtlp = "data.vtlp=[0.9, 1.1]"
+    run_script(tmp_path / "straight", train, dev, vtlp)
+    run_script(tmp_path / "split", train, dev, vtlp, "train.run_steps=3")
     assert torch.load(tmp_path / "split" / "state.pt", weights_only=False)["step"] == 3
-    run_script(tmp_path / "split", train, dev, resume=tmp_path / "split" / "state.pt")
+    run_script(tmp_path / "split", train, dev, vtlp, resume=tmp_path / "split" / "state.pt")
     a = torch.load(tmp_path / "straight" / "state.pt", weights_only=False)
     b = torch.load(tmp_path / "split" / "state.pt", weights_only=False)
     assert a["step"] == b["step"] == 6 and a["batches"] == b["batches"]

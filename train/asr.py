@@ -47,6 +47,9 @@ Recipe, in the order the loop runs it:
     `speed_factors` (0.9 / 1.0 / 1.1: tempo and pitch change together).
   - Log-mel features computed per batch in torch (~3 % of a step, measured: caching them would rule out
     speed perturbation and save little; the log's data_s vs step_s shows the split).
+  - Vocal tract length perturbation (`data.vtlp`, Jaitly & Hinton 2013): each utterance's spectrum
+    warped by a factor in [low, high] through its mel filterbank, so formants move as another
+    speaker's would.
   - SpecAugment (Park et al. 2019): frequency and time masks (`spec_augment` below).
   - RNN-T loss (minivox.kernels.rnnt_loss) with FastEmit (Yu et al. 2021) for earlier emissions,
     plus `ctc_weight` x an auxiliary CTC loss on the encoder (model.ctc_head; why: Transducer.forward);
@@ -144,6 +147,8 @@ class DataConfig:
     max_batch_seconds: float = 120.0  # padded audio per batch and rank (after speed perturbation)
     max_batch_size: int = 64  # utterances per batch at most
     speed_factors: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])  # Ko et al. 2015; [1.0] = off
+    vtlp: list[float] = field(default_factory=list)  # [low, high] warp factors of vocal tract length
+    #   perturbation (Jaitly & Hinton 2013), one per utterance: other voices' formants; [] = off
     eob_backchannels: bool = True  # rows with "backchannel": true end in <EOB> (else every row ends in <EOU>)
     dev_utterances: int = 200  # dev rows scored at each evaluation (the same evenly spread ones; 0 = all)
 
@@ -225,6 +230,22 @@ def spec_augment(feats: torch.Tensor, lengths: torch.Tensor, cfg: SpecAugmentCon
     return out
 
 
+def vtlp_filterbank(filterbank: torch.Tensor, alpha: float, boundary: float = 0.8) -> torch.Tensor:
+    """The mel filterbank [M, F] of vocal tract length perturbation (Jaitly & Hinton 2013): the
+    spectrum's frequencies are scaled by `alpha` (a peak at f Hz lands in the filters of alpha * f)
+    up to a boundary, then mapped linearly so that Nyquist stays Nyquist. alpha = 1 is the identity."""
+    F_bins = filterbank.shape[1]
+    nyquist = F_bins - 1  # in FFT bins
+    f = torch.arange(F_bins, dtype=torch.float64)
+    knee = boundary * nyquist * min(1.0, 1.0 / alpha)  # where the warp bends (below Nyquist after scaling)
+    warped = torch.where(f <= knee, alpha * f,
+                         alpha * knee + (nyquist - alpha * knee) * (f - knee) / (nyquist - knee))  # [F]
+    # Filter m now collects the energy of input bin f as if it were at bin warped[f].
+    low = warped.floor().clamp(0, nyquist - 1).long()
+    frac = (warped - low).clamp(0, 1).to(filterbank.dtype)
+    return filterbank[:, low] * (1 - frac) + filterbank[:, low + 1] * frac  # [M, F]
+
+
 @dataclass
 class Batch:
     """One training batch."""
@@ -267,7 +288,11 @@ def make_batch(rows: list[dict], tokens: list[list[int]], indices: list[int], mo
     pcm = torch.zeros(len(audio), int(lengths.max()))  # [B, S]
     for b, a in enumerate(audio):
         pcm[b, :len(a)] = torch.from_numpy(a)
-    feats, feat_lengths = model.preprocessor(pcm.to(device), lengths.to(device))  # [B, M, T]
+    filterbank = None
+    if cfg.data.vtlp:
+        alphas = rng.uniform(*cfg.data.vtlp, size=len(indices))
+        filterbank = torch.stack([vtlp_filterbank(model.preprocessor.filterbank, float(a)) for a in alphas])
+    feats, feat_lengths = model.preprocessor(pcm.to(device), lengths.to(device), filterbank)  # [B, M, T]
     feats = spec_augment(feats, feat_lengths, cfg.train.spec_augment, rng)
     target_lengths = torch.tensor([len(tokens[i]) for i in indices])
     targets = torch.zeros(len(indices), int(target_lengths.max()), dtype=torch.long)  # [B, U]
