@@ -50,7 +50,8 @@ def _config(args: argparse.Namespace):
 
 
 def run_server(args: argparse.Namespace) -> int:
-    from minivox.serve.pipeline import AudioLogger, Models
+    from minivox.serve.audio_log import AudioLogger
+    from minivox.serve.pipeline import Models
     from minivox.serve.server import serve_until_signal
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")

@@ -28,6 +28,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
 
+from minivox.serve.sentences import SentenceAggregator
 from minivox.tools import ToolError
 
 __all__ = ["ChunkFeed", "EarlyReply", "GatedTools", "run_llm"]
@@ -130,7 +131,6 @@ class EarlyReply:
     def __init__(self, models, assistant, text: str, speaker: int | None, pace: float,
                  loop: asyncio.AbstractEventLoop):
         from minivox.chat import Assistant
-        from minivox.serve.pipeline import SentenceAggregator
 
         self.models, self.text, self.speaker, self.pace, self.loop = models, text, speaker, pace, loop
         self.cancel_event = threading.Event()

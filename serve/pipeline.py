@@ -26,11 +26,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 import threading
 import time
 import uuid
-import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,7 +38,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from minivox.serve import protocol as proto
+from minivox.serve.audio_log import AudioLogger
 from minivox.serve.early_reply import EarlyReply, run_llm
+from minivox.serve.sentences import SentenceAggregator
 from minivox.serve.turn_taking import BargeIn, EndOfTurn, TurnConfig, TurnTaker, UserText
 from minivox.serve.vad import VAD, VADConfig
 
@@ -165,108 +165,6 @@ class Models:
 
 
 # ---------------------------------------------------------------------------------------
-# Audio logging.
-# ---------------------------------------------------------------------------------------
-
-
-class AudioLogger:
-    """Writes each session's input (16 kHz) and output audio as WAV and its events as JSONL.
-
-    Checked when made: the directory must be creatable, writable and have `min_free_mb` free,
-    else ValueError (the server refuses to start rather than fail later)."""
-
-    def __init__(self, directory: str | Path, min_free_mb: int = 100):
-        self.dir = Path(directory)
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            probe = self.dir / f".write-test-{uuid.uuid4().hex}"
-            probe.write_bytes(b"ok")
-            probe.unlink()
-        except OSError as exc:
-            raise ValueError(f"--log-audio: cannot write to {self.dir}: {exc.strerror or exc}") from None
-        free_mb = shutil.disk_usage(self.dir).free // 2**20
-        if free_mb < min_free_mb:
-            raise ValueError(f"--log-audio: only {free_mb} MB free in {self.dir} (need at least {min_free_mb} MB)")
-
-    def open(self, session_id: str, out_rate: int) -> SessionLog:
-        return SessionLog(self.dir / session_id, out_rate)
-
-
-class SessionLog:
-    """input.wav, output.wav (PCM16 mono) and events.jsonl of one session."""
-
-    def __init__(self, directory: Path, out_rate: int):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.input = _wav_writer(directory / "input.wav", ASR_RATE)
-        self.output = _wav_writer(directory / "output.wav", out_rate)
-        self.events = open(directory / "events.jsonl", "w", encoding="utf-8")
-        self.t0 = time.monotonic()
-
-    def write_input(self, samples: np.ndarray) -> None:
-        self.input.writeframes(proto.pcm16_bytes(samples))
-
-    def write_output(self, pcm16: bytes) -> None:
-        self.output.writeframes(pcm16)
-
-    def event(self, direction: str, message: dict) -> None:
-        self.events.write(json.dumps({"t": round(time.monotonic() - self.t0, 4), "dir": direction, **message}) + "\n")
-
-    def close(self) -> None:
-        for f in (self.input, self.output, self.events):
-            f.close()
-
-
-def _wav_writer(path: Path, rate: int) -> wave.Wave_write:
-    w = wave.open(str(path), "wb")
-    w.setnchannels(1)
-    w.setsampwidth(2)
-    w.setframerate(rate)
-    return w
-
-
-# ---------------------------------------------------------------------------------------
-# Sentences from a token stream.
-# ---------------------------------------------------------------------------------------
-
-
-class SentenceAggregator:
-    """Cuts streamed LLM text into sentences for the TTS as soon as each one is complete.
-
-    Sentence ends are `minivox.text.split_sentences`'s (so "Dr. Smith" and "3.5" stay whole): a
-    sentence is complete once the next one has begun. To start speaking sooner, the first piece
-    of a reply may also end at a comma followed by a space once it has `first_clause_words` words."""
-
-    def __init__(self, first_clause_words: int = 4):
-        self.buffer = ""
-        self.first_clause_words = first_clause_words
-        self.emitted = 0
-
-    def push(self, text: str) -> list[str]:
-        from minivox.text import split_sentences
-
-        self.buffer += text
-        trailing = " " if self.buffer[-1:].isspace() else ""
-        sentences, out = split_sentences(self.buffer), []
-        if self.emitted == 0 and sentences:  # the first clause, inside the first sentence
-            first = sentences[0]
-            commas = [i for i in range(len(first) - 1) if first[i:i + 2] == ", "]
-            comma = next((i for i in commas if len(first[:i].split()) >= self.first_clause_words), None)
-            if comma is not None:
-                out.append(first[:comma + 1])
-                sentences[0] = first[comma + 2:]
-        if len(sentences) > 1:  # all but the last are complete
-            out += sentences[:-1]
-        if out:
-            self.buffer = sentences[-1] + trailing
-        self.emitted += len(out)
-        return out
-
-    def flush(self) -> str:
-        piece, self.buffer = self.buffer.strip(), ""
-        return piece
-
-
-# ---------------------------------------------------------------------------------------
 # The session.
 # ---------------------------------------------------------------------------------------
 
@@ -318,7 +216,7 @@ class Session:
         self.assistant = Assistant(models.backend, tools, options=GenerationOptions(max_tokens=config.llm_max_tokens))
         self.speakers = models.speaker_tracker() if models.speaker_tracker else None
         self.out_rate = models.tts.sample_rate
-        self.log = log.open(self.id, self.out_rate) if log else None
+        self.log = log.open(self.id, self.out_rate, ASR_RATE) if log else None
 
         self.audio_in: asyncio.Queue = asyncio.Queue(config.max_in_chunks)  # (samples16k, wall time) | None
         self.out: asyncio.Queue = asyncio.Queue()  # (turn_id | None, message); bounded by hand (see _queue)

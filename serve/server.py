@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from minivox.serve import protocol as proto
-from minivox.serve.pipeline import AudioLogger, ModelPaths, Models, PipelineConfig, Session
+from minivox.serve.audio_log import AudioLogger
+from minivox.serve.pipeline import ModelPaths, Models, PipelineConfig, Session
 
 log = logging.getLogger("minivox.serve")
 

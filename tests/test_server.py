@@ -28,7 +28,8 @@ from scripted_asr import ScriptedTranscriber
 from minivox.audio import resample
 from minivox.serve import protocol as proto
 from minivox.serve.client import run_client
-from minivox.serve.pipeline import AudioLogger, Models, PipelineConfig, Session
+from minivox.serve.audio_log import AudioLogger
+from minivox.serve.pipeline import Models, PipelineConfig, Session
 from minivox.serve.server import AgentServer, ServerConfig
 
 @pytest.fixture(scope="module")
@@ -545,7 +546,7 @@ def test_healthz_and_page(base_models):
 def test_sentence_aggregator_equals_split_sentences_for_any_token_stream(cuts):
     """Streamed in any pieces, the aggregator's sentences (plus the flush) are split_sentences's,
     except that the first may end early at a comma."""
-    from minivox.serve.pipeline import SentenceAggregator
+    from minivox.serve.sentences import SentenceAggregator
     from minivox.text import split_sentences
 
     text = "Well, it's 3:54 PM. Dr. Smith said 3.5 is right! Is it? Yes, of course, see you soon."
