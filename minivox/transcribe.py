@@ -42,6 +42,9 @@ def register(subparsers) -> None:
                    help="beam size: 1 = greedy (default), > 1 = modified beam search (offline only)")
     p.add_argument("--streaming", action="store_true",
                    help="run the live transcriber on 80 ms chunks (same text as offline greedy; shows EOU timing)")
+    p.add_argument("--att-context", metavar="LEFT,RIGHT", default=None,
+                   help="attention context to stream with, e.g. 70,0 (no look-ahead: 80 ms chunks) for a model "
+                        "trained with it (default: the checkpoint's)")
     p.add_argument("--json", action="store_true", help="print one JSON object per file")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: fastest for the small demo model)")
@@ -80,6 +83,13 @@ def run(args: argparse.Namespace) -> int:
     if model.tokenizer is None:
         print(f"minivox transcribe: {checkpoint} has no tokenizer", file=sys.stderr)
         return 2
+    if args.att_context:
+        try:
+            model.set_att_context(tuple(int(v) for v in args.att_context.split(",")))
+        except ValueError as exc:
+            print(f"minivox transcribe: --att-context takes LEFT,RIGHT of a streaming context (e.g. 70,0), "
+                  f"got {args.att_context!r}: {exc}", file=sys.stderr)
+            return 2
 
     status = 0
     for path in args.files:

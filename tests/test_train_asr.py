@@ -369,6 +369,16 @@ def test_transcribe_cli_equals_the_python_api(tmp_path, talking_checkpoint, caps
     status, out, _ = cli(capsys, str(tmp_path / "mono.wav"), "--checkpoint", str(talking_checkpoint), "--beam", "3")
     assert status == 0 and out.strip() == model.transcribe(mono, beam_size=3)[0].text
 
+    # --att-context: the text of the model switched to that context (asr_tiny: [4, 1] -> [4, 0]).
+    model.set_att_context((4, 0))
+    status, out, _ = cli(capsys, str(tmp_path / "mono.wav"), "--checkpoint", str(talking_checkpoint),
+                         "--streaming", "--att-context", "4,0")
+    assert status == 0 and out.strip() == model.transcribe(mono)[0].text
+    for bad in ("4", "4,x", "4,-1"):
+        status, _, err = cli(capsys, str(tmp_path / "mono.wav"), "--checkpoint", str(talking_checkpoint),
+                             "--att-context", bad)
+        assert status == 2 and "--att-context takes LEFT,RIGHT" in err and err.count("\n") == 1
+
 
 def test_transcribe_cli_errors(tmp_path, talking_checkpoint, monkeypatch, capsys):
     from minivox import transcribe
