@@ -133,7 +133,8 @@ class EarlyReply:
         from minivox.chat import Assistant
 
         self.models, self.text, self.speaker, self.pace, self.loop = models, text, speaker, pace, loop
-        self.cancel_event = threading.Event()
+        self.cancel_event = threading.Event()  # stops the LLM thread (the session sets it when the reply ends)
+        self.dropped = False  # cancel() was called: stop the speech too
         self.tools = GatedTools(assistant.tools, self.cancel_event)
         self.assistant = Assistant(assistant.backend, self.tools, context=assistant.context.copy(),
                                    options=assistant.options)
@@ -151,7 +152,7 @@ class EarlyReply:
         return self
 
     def matches(self, text: str, speaker: int | None) -> bool:
-        return text == self.text and speaker == self.speaker and not self.cancel_event.is_set()
+        return text == self.text and speaker == self.speaker and not self.dropped
 
     def commit(self):
         """The turn ended with these words: let tools run; returns the assistant holding the context."""
@@ -160,6 +161,8 @@ class EarlyReply:
         return self.assistant
 
     def cancel(self) -> None:
+        """Drop the draft (or, after commit, its turn was interrupted): stop the LLM and the speech."""
+        self.dropped = True
         self.cancel_event.set()
         if self.tts_task is not None:
             self.tts_task.cancel()
@@ -168,14 +171,14 @@ class EarlyReply:
         if self.first_sentence is not None or isinstance(piece, Exception):
             return
         sentences = self.aggregator.push(piece) if isinstance(piece, str) else [self.aggregator.flush()]
-        if sentences and sentences[0] and not self.cancel_event.is_set():
+        if sentences and sentences[0] and not self.dropped:
             self.first_sentence = sentences[0]
             self.tts_task = self.loop.create_task(self._synthesise(sentences[0]))
 
     async def _synthesise(self, sentence: str) -> None:
         chunks = self.models.tts.stream(sentence, pace=self.pace)
         try:
-            while not self.cancel_event.is_set():
+            while not self.dropped:  # not cancel_event: the LLM may end before the sentence is spoken
                 chunk = await self.loop.run_in_executor(self.models.tts_pool, next, chunks, None)
                 if chunk is None:
                     break

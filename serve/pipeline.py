@@ -467,6 +467,8 @@ class Session:
             await speaker_task
         except asyncio.CancelledError:
             speaker_task.cancel()
+            if draft is not None:
+                draft.cancel()
             raise
         except Exception as exc:
             log.exception("session %s: turn %d failed", self.id, turn_id)

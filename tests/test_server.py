@@ -310,6 +310,9 @@ def test_an_early_reply_is_kept_when_the_words_stay_and_its_context_carries_on(b
     assert [words(t.heard) for t in result.turns] == [["what", "time"], ["good", "night"]]
     assert all(t.said and t.audio_samples > 0 for t in result.turns)
     assert [t.server_metrics["early_reply"] for t in result.turns] == [True, True]
+    for turn in result.turns:  # every sentence's whole speech arrived (the first one made by the draft)
+        spoken = sum(len(models.tts.synthesize(sentence)[0]) for sentence in turn.said)
+        assert abs(turn.audio_samples - spoken) <= 0.02 * spoken, (turn.said, turn.audio_samples, spoken)
     # One request per LLM round (a tool call adds one): the first turn's alone, then both turns.
     first = [r for r in recorder.requests if r == ["what time"]]
     assert first and recorder.requests[:len(first)] == first
