@@ -294,18 +294,28 @@ class RecordingBackend:
         yield from self.backend.stream_chat(messages, tools, options)
 
 
+def two_spoken_turns(base_models, texts: list[str], gap_s: float, **timing):
+    """A scripted session hearing `texts` spoken in real time with `gap_s` of silence between
+    them; returns (client result, the backend's recorded requests)."""
+    recorder = RecordingBackend(base_models.backend)
+    models, _ = scripted(base_models, [words_only(t) for t in texts], backend=recorder, **timing)
+    a, b = (speech(models, t)[0] for t in texts)
+    audio = np.concatenate([a, np.zeros(int(16000 * gap_s), np.float32), b])
+    result = with_server(models, lambda server, url: run_client(url, audio, 16000, realtime=True, tail_s=15))
+    return result, recorder.requests, models
+
+
+def words_only(text: str) -> str:
+    return " ".join(words(text))
+
+
 def test_an_early_reply_is_kept_when_the_words_stay_and_its_context_carries_on(base_models):
     """The recogniser has every word 100 ms after the speech, then a step with no words and a
     rising <EOU> probability (200 ms), then <EOU> (300 ms): the session starts the reply at 200 ms
     and keeps it. One LLM request per turn (the kept draft is the turn's), the metrics say so, and
     the second turn's request holds both user turns (the draft's context became the session's)."""
-    recorder = RecordingBackend(base_models.backend)
-    models, _ = scripted(base_models, ["what time", "good night"], backend=recorder, quiet_at_ms=200, rest_at_ms=100)
-    a, _ = speech(models, "What time?")
-    b, _ = speech(models, "Good night.")
-    gap = np.zeros(16000 * 3, np.float32)
-    result = with_server(models, lambda server, url: run_client(url, np.concatenate([a, gap, b]), 16000,
-                                                                   realtime=True, tail_s=15))
+    result, requests, models = two_spoken_turns(base_models, ["What time?", "Good night."], 3.0,
+                                                quiet_at_ms=200, rest_at_ms=100)
     assert not result.errors, result.errors
     assert [words(t.heard) for t in result.turns] == [["what", "time"], ["good", "night"]]
     assert all(t.said and t.audio_samples > 0 for t in result.turns)
@@ -314,10 +324,9 @@ def test_an_early_reply_is_kept_when_the_words_stay_and_its_context_carries_on(b
         spoken = sum(len(models.tts.synthesize(sentence)[0]) for sentence in turn.said)
         assert abs(turn.audio_samples - spoken) <= 0.02 * spoken, (turn.said, turn.audio_samples, spoken)
     # One request per LLM round (a tool call adds one): the first turn's alone, then both turns.
-    first = [r for r in recorder.requests if r == ["what time"]]
-    assert first and recorder.requests[:len(first)] == first
-    assert recorder.requests[len(first):] and all(r == ["what time", "good night"]
-                                                  for r in recorder.requests[len(first):])
+    first = [r for r in requests if r == ["what time"]]
+    assert first and requests[:len(first)] == first
+    assert requests[len(first):] and all(r == ["what time", "good night"] for r in requests[len(first):])
 
 
 def test_an_early_reply_is_dropped_when_more_words_come(base_models):
@@ -325,18 +334,12 @@ def test_an_early_reply_is_dropped_when_more_words_come(base_models):
     "convert ten" is dropped when the turn ends as "convert ten miles to kilometers", which gets a
     fresh reply; the dropped draft leaves nothing in the context (its tools never run before a
     commit: tests/test_early_reply.py)."""
-    recorder = RecordingBackend(base_models.backend)
-    models, _ = scripted(base_models, ["convert ten miles to kilometers", "thank you very much"], backend=recorder,
-                         quiet_at_ms=100, rest_at_ms=300)
-    a, _ = speech(models, "Convert ten miles to kilometers.")
-    b, _ = speech(models, "Thank you very much.")
-    gap = np.zeros(16000 * 4, np.float32)
-    result = with_server(models, lambda server, url: run_client(url, np.concatenate([a, gap, b]), 16000,
-                                                                   realtime=True, tail_s=15))
+    result, requests, _ = two_spoken_turns(base_models, ["Convert ten miles to kilometers.", "Thank you very much."],
+                                           4.0, quiet_at_ms=100, rest_at_ms=300)
     assert not result.errors, result.errors
     assert [t.server_metrics["early_reply"] for t in result.turns] == [False, False]
-    assert recorder.requests[0] == ["convert ten"]  # the draft asked, then was dropped
-    later = recorder.requests[1:]
+    assert requests[0] == ["convert ten"]  # the draft asked, then was dropped
+    later = requests[1:]
     assert later[0] == ["convert ten miles to kilometers"]
     assert later[-1] == ["convert ten miles to kilometers", "thank you very much"]
     assert all("convert ten" not in r for r in later)

@@ -239,12 +239,17 @@ def test_resume_is_exact(tmp_path):
     losses = [[r["loss"] for r in map(json.loads, (tmp_path / d / "log.jsonl").read_text().splitlines())
                if r["event"] == "train"] for d in ("straight", "split")]
     assert losses[0] == losses[1]
+    with pytest.raises(ValueError, match="cannot resume .* another \\[model\\] config"):
+        main_in_process(tmp_path / "split", train, dev, "--resume", str(tmp_path / "split" / "state.pt"),
+                        "model.joint.dropout=0.3")
+
+
+def main_in_process(out: Path, train: Path, dev: Path, *argv: str) -> int:
+    """`train_asr.main` on asr_tiny in this process (torch's thread count restored after)."""
     threads = torch.get_num_threads()
     try:
-        with pytest.raises(ValueError, match="cannot resume .* another \\[model\\] config"):
-            train_asr.main(["--config", str(TINY), "--out", str(tmp_path / "split"), "--resume",
-                            str(tmp_path / "split" / "state.pt"), f"data.train_manifest={train}",
-                            f"data.dev_manifest={dev}", "model.tokenizer.vocab_size=40", "model.joint.dropout=0.3"])
+        return train_asr.main(["--config", str(TINY), "--out", str(out), *argv, f"data.train_manifest={train}",
+                               f"data.dev_manifest={dev}", "model.tokenizer.vocab_size=40"])
     finally:
         torch.set_num_threads(threads)
 
@@ -276,14 +281,9 @@ def test_init_from_fine_tunes_a_checkpoint_with_another_look_ahead(tmp_path):
             raise RuntimeError("the step failed")
     assert tuned.encoder.cfg.att_context_size == (4, 1)
 
-    threads = torch.get_num_threads()
-    try:
-        with pytest.raises(ValueError, match="cannot fine-tune .* differs .* encoder"):
-            train_asr.main(["--config", str(TINY), "--out", str(tmp_path / "bad"), "--init-from",
-                            str(tmp_path / "base" / "last.pt"), f"data.train_manifest={train}",
-                            f"data.dev_manifest={dev}", "model.tokenizer.vocab_size=40", "model.encoder.n_layers=1"])
-    finally:
-        torch.set_num_threads(threads)
+    with pytest.raises(ValueError, match="cannot fine-tune .* differs .* encoder"):
+        main_in_process(tmp_path / "bad", train, dev, "--init-from", str(tmp_path / "base" / "last.pt"),
+                        "model.encoder.n_layers=1")
     with pytest.raises(SystemExit):
         train_asr.main(["--init-from", "a.pt", "--resume", "b/state.pt"])
 
