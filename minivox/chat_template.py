@@ -28,7 +28,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from minivox.data import dialogues as dialogue_data
 
 # ---------------------------------------------------------------------------------------
 # Chat template.
@@ -38,9 +37,10 @@ ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assis
 END_TOKEN = "<|end|>"  # closes every message; generation stops on it
 CALL_TOKEN = "<|call|>"  # starts the JSON list of tool calls in an assistant message
 CONTROL_SYMBOLS = (*ROLE_TOKENS.values(), END_TOKEN, CALL_TOKEN)
-MAX_SPEAKERS = dialogue_data.MAX_SPEAKERS  # 4, the diarizer's max_num_speakers
+MAX_SPEAKERS = 4  # the diarizer's max_num_speakers (DESIGN.md section 3)
 SPEAKER_SYMBOLS = tuple(f"<speaker_{n}>" for n in range(1, MAX_SPEAKERS + 1))
-SYSTEM_PROMPT = dialogue_data.SYSTEM_PROMPT  # the prompt the demo model was trained with
+SYSTEM_PROMPT = ("You are minivox, a friendly voice assistant. Answer in one or two short spoken sentences. "
+                 "Use a tool for the time, the date, arithmetic, unit conversions, timers and word definitions.")  # the demo model was trained with it
 IGNORE_INDEX = -100  # cross-entropy target of tokens the model is not trained to predict
 
 

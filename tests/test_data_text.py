@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minivox.config import load_config
+from minivox import tools
 from minivox.data import dialogues as dlg
 from minivox.data import textcorpus as tc
 
@@ -207,14 +208,14 @@ def test_templated_requests_are_deterministic_and_filled():
 
 
 def test_calculator_matches_python_on_examples():
-    assert dlg.calculate("17 * 23") == 391
-    assert dlg.calculate("15 / 100 * 80") == 12  # exact: fractions, not 12.000000000000002
-    assert dlg.calculate("10 / 3") == 3.3333
-    assert dlg.calculate("2 ** 10 - (3 - 5)") == 1026
+    assert tools.calculate("17 * 23") == 391
+    assert tools.calculate("15 / 100 * 80") == 12  # exact: fractions, not 12.000000000000002
+    assert tools.calculate("10 / 3") == 3.3333
+    assert tools.calculate("2 ** 10 - (3 - 5)") == 1026
     for bad in ("__import__('os')", "abs(-3)", "2 ** 100", "a + 1", "1 +"):
         with pytest.raises(ValueError):
-            dlg.calculate(bad)
-    assert dlg.run_tool("calculator", {"expression": "5 / 0"}) == {"error": "division by zero"}
+            tools.calculate(bad)
+    assert tools.run_tool("calculator", {"expression": "5 / 0"}) == {"error": "division by zero"}
 
 
 @settings(max_examples=200, deadline=None)
@@ -225,9 +226,9 @@ def test_calculator_equals_exact_python_arithmetic(numbers, ops):
     try:
         expected = eval(exact, {"Fraction": Fraction, "__builtins__": {}})  # the peer: Python's exact fractions
     except ZeroDivisionError:
-        assert dlg.run_tool("calculator", {"expression": expression}) == {"error": "division by zero"}
+        assert tools.run_tool("calculator", {"expression": expression}) == {"error": "division by zero"}
         return
-    assert dlg.calculate(expression) == pytest.approx(float(expected), abs=0.5e-4 + 1e-12)  # rounded to 4 places
+    assert tools.calculate(expression) == pytest.approx(float(expected), abs=0.5e-4 + 1e-12)  # rounded to 4 places
 
 
 @pytest.mark.parametrize("value, src, dst, expected", [
@@ -236,13 +237,13 @@ def test_calculator_equals_exact_python_arithmetic(numbers, ops):
     (3, "feet", "inches", 36), (1, "cup", "ml", 236.59),
 ])
 def test_unit_conversions_known_values(value, src, dst, expected):
-    assert dlg.convert_units(value, src, dst) == pytest.approx(expected, abs=0.006)
+    assert tools.convert_units(value, src, dst) == pytest.approx(expected, abs=0.006)
 
 
 def test_unit_conversion_errors():
-    assert "cannot convert" in dlg.run_tool("convert_units", {"value": 1, "from_unit": "kg", "to_unit": "km"})["error"]
-    assert "unknown unit" in dlg.run_tool("convert_units", {"value": 1, "from_unit": "parsec", "to_unit": "km"})["error"]
-    assert "expected arguments" in dlg.run_tool("set_timer", {"minutes": 5})["error"]
+    assert "cannot convert" in tools.run_tool("convert_units", {"value": 1, "from_unit": "kg", "to_unit": "km"})["error"]
+    assert "unknown unit" in tools.run_tool("convert_units", {"value": 1, "from_unit": "parsec", "to_unit": "km"})["error"]
+    assert "expected arguments" in tools.run_tool("set_timer", {"minutes": 5})["error"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,6 +288,24 @@ def test_no_template_or_user_turn_leaks_from_train_into_test(generated):
     assert set(dlg.FAMILIES) <= train_families | set(cfg.dialogues.test_families)  # every family used
 
 
+def test_train_requests_are_sometimes_wrapped_and_test_ones_never(generated, wordnet_dir):
+    import random
+
+    cfg = dlg.DialogueConfig(wrap_prob=1.0, user_style="written")
+    for seed in range(200):
+        key = random.Random(seed).choice(sorted(dlg.WRAPPED_KEYS))
+        slots = dict(a=12, b=30, c=4, v=5, src="miles", dst="kilometers", d="5 minutes", w="happy", p="Oslo",
+                     n="Ana", food="tacos", genre="jazz")
+        bare = {o.format(**slots) for o in dlg.PARAPHRASES[key]}
+        train = dlg.DialogueBuilder(random.Random(seed), "train", cfg, str).phrase(key, **slots)
+        test = dlg.DialogueBuilder(random.Random(seed), "test", cfg, str).phrase(key, **slots)
+        assert test in bare  # a held-out paraphrase alone
+        assert train not in bare and any(b in train for b in bare)  # a train paraphrase with words around it
+    # wrapping draws no random numbers in test: the split is the same with or without it
+    plain = dlg.generate_dialogues(small_config(wordnet_dir, wrap_prob=0.0), "test", 100, log=lambda m: None)
+    assert plain == generated[0]["test"][:100]
+
+
 def test_dialogues_are_deterministic(generated, tmp_path):
     rows, cfg = generated
     again = dlg.generate_dialogues(cfg, "test", 50, log=lambda m: None)
@@ -295,7 +314,7 @@ def test_dialogues_are_deterministic(generated, tmp_path):
 
 def test_tool_results_are_correct_and_answers_use_them(generated):
     rows, _ = generated
-    checked = {name: 0 for name in dlg.TOOLS}
+    checked = {name: 0 for name in tools.TOOLS}
     for d in rows["train"] + rows["test"]:
         messages = d["messages"]
         for i, msg in enumerate(messages):
@@ -314,9 +333,9 @@ def test_tool_results_are_correct_and_answers_use_them(generated):
                         assert result == {"error": "division by zero"}
                         continue
                     assert result["result"] == pytest.approx(expected, abs=0.5e-4 + 1e-12)
-                    assert dlg.number_text(result["result"]) in answer
+                    assert tools.number_text(result["result"]) in answer
                 elif name == "convert_units":
-                    assert result == dlg.run_tool(name, args) and dlg.number_text(result["value"]) in answer
+                    assert result == tools.run_tool(name, args) and tools.number_text(result["value"]) in answer
                 elif name == "get_time":
                     hour, minute = result["time"].split()[0].split(":")
                     assert 1 <= int(hour) <= 12 and 0 <= int(minute) < 60 and result["time"] in answer
@@ -324,7 +343,7 @@ def test_tool_results_are_correct_and_answers_use_them(generated):
                     assert result["weekday"] in calendar.day_name and (result["weekday"] in answer or result["date"].split()[-1] in answer)
                 elif name == "set_timer":
                     assert result == {"status": "started", "seconds": args["seconds"]}
-                    assert dlg.duration_phrase(args["seconds"]) in answer
+                    assert tools.duration_phrase(args["seconds"]) in answer
                 elif name == "define_word":
                     entry = dict(WORDNET_LOOKUP).get(args["word"])
                     if entry is None:

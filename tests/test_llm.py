@@ -379,3 +379,23 @@ def test_sft_targets_are_assistant_tokens_only(llm_data):
         assistant = [t for m in dialogues[i]["messages"] if m["role"] == "assistant"
                      for t in template.encode_message(m)[1:]]
         assert trained == assistant
+
+
+def test_init_from_starts_from_the_checkpoint_weights_and_tokenizer(llm_data, tmp_path):
+    """--init-from with no steps to run gives back the checkpoint itself; another [model] is refused by name."""
+    from minivox.train.llm import main
+
+    common = [f"data.sentences={llm_data / 'sentences.jsonl'}", f"data.dialogues_dir={llm_data}",
+              "pretrain.batch_tokens=256", "sft.batch_tokens=1024", "eval_dialogues=1", "data.max_sentences=0"]
+    config = ["--config", "configs/llm_tiny.toml"]
+    assert main(config + ["--out", str(tmp_path / "base")] + common + ["pretrain.steps=2", "sft.steps=2"]) == 0
+    base = GPT.from_checkpoint(tmp_path / "base" / "llm.pt")
+    assert main(config + ["--out", str(tmp_path / "tuned"), "--init-from", str(tmp_path / "base" / "llm.pt")]
+                + common + ["pretrain.steps=0", "sft.steps=0"]) == 0
+    tuned = GPT.from_checkpoint(tmp_path / "tuned" / "llm.pt")
+    assert tuned.tokenizer == base.tokenizer and tuned.meta["init_from"] == str(tmp_path / "base" / "llm.pt")
+    for (name, a), b in zip(base.state_dict().items(), tuned.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="n_layer"):
+        main(config + ["--out", str(tmp_path / "bad"), "--init-from", str(tmp_path / "base" / "llm.pt")]
+             + common + ["model.n_layer=3"])

@@ -4,6 +4,8 @@ fine-tuning (SFT) on chat dialogues with the loss on assistant tokens only.
     # data first (docs/data.md): minivox data text / minivox data dialogues --config configs/data_llm.toml
     python -m minivox.train.llm --config configs/llm_demo.toml --out runs/llm_demo
     python -m minivox.train.llm --config configs/llm_demo.toml --out runs/llm_demo --resume runs/llm_demo/state.pt
+    python -m minivox.train.llm --config configs/llm_demo.toml --out runs/my_llm \
+        --init-from minivox/pretrained/llm_demo.pt pretrain.steps=0 sft.steps=1000 data.dialogues_dir=my_dialogues
     torchrun --standalone --nproc_per_node=2 -m minivox.train.llm --config configs/llm_base.toml
     python -m minivox.train.llm --evaluate minivox/pretrained/llm_demo.pt --split test    # scores only
     python -m minivox.train.llm --evaluate minivox/pretrained/llm_demo.pt --samples       # small-talk samples
@@ -14,6 +16,8 @@ dialogues rendered with the chat template (minivox/chat_template.py). Every `eva
 logs held-out perplexity (sentences), the dev SFT loss and tool-call accuracy on dev dialogues;
 every `checkpoint_every` steps and at exit (also on Ctrl-C / SIGTERM) it writes {out}/state.pt
 (exact resume) and {out}/llm.pt (inference checkpoint); at the end, `export` gets an fp16 copy.
+`--init-from CHECKPOINT` starts a new run (fresh optimizer and schedule) from a checkpoint's weights
+and tokenizer: fine-tuning on other dialogues (its [model] must be the config's).
 
 Scores (`evaluate_dialogues`), measured by greedy decoding with the reference context up to each
 assistant message:
@@ -31,16 +35,16 @@ import random
 import sys
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from minivox.chat_template import IGNORE_INDEX, ChatTemplate, format_tool_calls, train_chat_tokenizer
+from minivox import tools
+from minivox.chat_template import IGNORE_INDEX, SYSTEM_PROMPT, ChatTemplate, format_tool_calls, train_chat_tokenizer
 from minivox.config import load_config
-from minivox.data import dialogues as dialogue_data
 from minivox.llm import GPT, GPTConfig, SamplingConfig, generate, quantize_int8
 from minivox.text import Tokenizer
 from minivox.train.common import (GracefulStop, JSONLLogger, ResumableBatches, cleanup_distributed,
@@ -124,7 +128,7 @@ def tokenizer_lines(sentences: list[str], dialogues: list[dict], max_lines: int,
     rng.shuffle(lines)
     half = max_lines // 2
     picked = lines[:half] + sentences[: max_lines - min(half, len(lines))]
-    return picked + [dialogue_data.SYSTEM_PROMPT]
+    return picked + [SYSTEM_PROMPT]
 
 
 def pack_sentences(tokenizer: Tokenizer, texts: list[str], seq_len: int, end_id: int) -> torch.Tensor:
@@ -193,7 +197,7 @@ def _result_facts(results: list[dict]) -> list[str]:
             for item in value if isinstance(value, list) else [value]:
                 if isinstance(item, bool):
                     continue
-                facts.append(dialogue_data.number_text(item) if isinstance(item, (int, float)) else str(item))
+                facts.append(tools.number_text(item) if isinstance(item, (int, float)) else str(item))
     return facts
 
 
@@ -205,12 +209,12 @@ def _same_call_results(predicted: list, reference: list[dict], wordnet) -> bool:
     for call, ref in zip(predicted, reference):
         try:
             arguments = json.loads(call.arguments)
-            dialogue_data.check_arguments(call.name, arguments)
+            tools.check_arguments(call.name, arguments)
         except (ValueError, json.JSONDecodeError):
             return False
         if call.name != ref["name"]:
             return False
-        if dialogue_data.run_tool(call.name, arguments, now, wordnet) != dialogue_data.run_tool(ref["name"], ref["arguments"], now, wordnet):
+        if tools.run_tool(call.name, arguments, now, wordnet) != tools.run_tool(ref["name"], ref["arguments"], now, wordnet):
             return False
     return True
 
@@ -317,6 +321,22 @@ def run_evaluate(args) -> int:
 # Training
 
 
+def load_init_checkpoint(path: str, model_cfg) -> GPT:
+    """The checkpoint --init-from fine-tunes: same [model] as this run, with its tokenizer."""
+    try:
+        source = GPT.from_checkpoint(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot fine-tune from {path}: {exc}") from None
+    mine, theirs = asdict(model_cfg), asdict(source.cfg)
+    if mine != theirs:
+        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+        raise ValueError(f"cannot fine-tune from {path}: its [model] differs from this run's in {', '.join(diff)} "
+                         f"(checkpoint: {[theirs.get(k) for k in diff]}, run: {[mine[k] for k in diff]})")
+    if source.tokenizer is None:
+        raise ValueError(f"cannot fine-tune from {path}: it holds no tokenizer")
+    return source
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--evaluate" in argv:
@@ -333,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--samples", action="store_true", help="print ten small-talk exchanges instead of scoring")
         return run_evaluate(p.parse_args(argv))
 
-    args = parse_train_args(__doc__, "configs/llm_demo.toml", argv)
+    args = parse_train_args(__doc__, "configs/llm_demo.toml", argv, init_from=True)
     cfg = load_config(TrainLLMConfig, args.config, args.overrides)
     dist = init_distributed(cfg.device)
     torch.set_num_threads(cfg.threads)
@@ -353,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     train_dialogues = read_jsonl(dialogues_dir / "dialogues_train.jsonl")
     dev_dialogues = read_jsonl(dialogues_dir / "dialogues_dev.jsonl")
     tokenizer_path = out / "tokenizer.model"
+    source = load_init_checkpoint(args.init_from, cfg.model) if args.init_from else None
+    if dist.is_main and source is not None and not args.resume:  # fine-tuning keeps the checkpoint's tokenizer
+        source.tokenizer.save(tokenizer_path)
     if dist.is_main and not tokenizer_path.exists():
         if args.resume:
             raise ValueError(f"cannot resume: {tokenizer_path} (the run's tokenizer) is missing")
@@ -385,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- model, optimizer, schedule
     model = GPT(cfg.model).to(dist.device)
+    if source is not None:
+        model.load_state_dict(source.state_dict())
+        say(f"fine-tuning {args.init_from} (step {source.meta.get('step')} of its run)")
     model.tokenizer = tokenizer
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -415,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         save_training_state(out / "state.pt", train_model, optimizer, scheduler, step, sft_batches,
                             extra={"pretrain_batches": pre_batches.state_dict()})
         if dist.is_main:
-            meta = {"step": step, "config": args.config, "overrides": list(args.overrides)}
+            meta = {"step": step, "config": args.config, "overrides": list(args.overrides), "init_from": args.init_from}
             model.save(out / "llm.pt", meta=meta)
             if final and cfg.export:
                 model.save(cfg.export, meta=meta, fp16=True)

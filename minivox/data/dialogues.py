@@ -34,187 +34,32 @@ Tool results are computed by `run_tool` (the same executor the agent can call at
 every number, time and definition in a dialogue is right. Splits: each paraphrase list keeps every
 `holdout_every`-th entry (and the last of short lists) for the test split, and the families in
 `test_families` appear only in test, so no test user turn is a train template; dev uses the train
-templates with fresh values (an in-distribution check).
+templates with fresh values (an in-distribution check). A `wrap_prob` share of train/dev requests
+come with words around them ("um, ...", "can you tell me ...", "... please"); test turns never do.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import datetime as dt
 import json
-import math
-import operator
 import random
 import re
 import sys
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
+from minivox.chat_template import MAX_SPEAKERS, SYSTEM_PROMPT
+from minivox.tools import UNITS, check_arguments, duration_phrase, number_text, run_tool
 from minivox.data.textcorpus import CITIES, NAMES, TextCorpusConfig, WordNet, chatterbot_dir, read_chatterbot
 
 SPLITS = ("train", "dev", "test")
 ROLES = ("system", "user", "assistant", "tool")
-MAX_SPEAKERS = 4  # the diarizer's max_num_speakers (DESIGN.md section 3)
 SPEAKER_TAG = re.compile(r"<speaker_(\d+)>")
-SYSTEM_PROMPT = ("You are minivox, a friendly voice assistant. Answer in one or two short spoken sentences. "
-                 "Use a tool for the time, the date, arithmetic, unit conversions, timers and word definitions.")
 
 # ----------------------------------------------------------------------------------------------
-# 1. Tools: specification and executor
-
-TOOLS: dict[str, dict[str, Any]] = {  # name -> description and parameters (all required): name -> type
-    "get_time": {"description": "the current local time", "parameters": {}},
-    "get_date": {"description": "today's date and day of the week", "parameters": {}},
-    "calculator": {"description": "evaluate arithmetic: numbers, + - * / ** and parentheses",
-                   "parameters": {"expression": "string"}},
-    "convert_units": {"description": "convert a value between units of length, mass, volume, time, speed or temperature",
-                      "parameters": {"value": "number", "from_unit": "string", "to_unit": "string"}},
-    "set_timer": {"description": "start a countdown timer", "parameters": {"seconds": "integer"}},
-    "define_word": {"description": "the most common meaning of an English word (WordNet)", "parameters": {"word": "string"}},
-}
-PARAM_TYPES = {"string": (str,), "number": (int, float), "integer": (int,)}
-
-CALC_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-MAX_EXPONENT = 10  # bounds ** so a request cannot ask for a number with millions of digits
-CALC_DECIMALS = 4  # calculator results are rounded to this many decimals
-
-# unit -> (quantity, size in SI units, singular name, plural name); temperatures convert through kelvin
-UNITS = {
-    "m": ("length", 1.0, "meter", "meters"), "km": ("length", 1000.0, "kilometer", "kilometers"),
-    "cm": ("length", 0.01, "centimeter", "centimeters"), "mm": ("length", 0.001, "millimeter", "millimeters"),
-    "mi": ("length", 1609.344, "mile", "miles"), "ft": ("length", 0.3048, "foot", "feet"),
-    "in": ("length", 0.0254, "inch", "inches"), "yd": ("length", 0.9144, "yard", "yards"),
-    "kg": ("mass", 1.0, "kilogram", "kilograms"), "g": ("mass", 0.001, "gram", "grams"),
-    "lb": ("mass", 0.45359237, "pound", "pounds"), "oz": ("mass", 0.028349523125, "ounce", "ounces"),
-    "l": ("volume", 1.0, "liter", "liters"), "ml": ("volume", 0.001, "milliliter", "milliliters"),
-    "gal": ("volume", 3.785411784, "gallon", "gallons"), "cup": ("volume", 0.2365882365, "cup", "cups"),
-    "s": ("time", 1.0, "second", "seconds"), "min": ("time", 60.0, "minute", "minutes"),
-    "h": ("time", 3600.0, "hour", "hours"), "day": ("time", 86400.0, "day", "days"),
-    "week": ("time", 604800.0, "week", "weeks"),
-    "km/h": ("speed", 1 / 3.6, "kilometer per hour", "kilometers per hour"),
-    "mph": ("speed", 0.44704, "mile per hour", "miles per hour"), "m/s": ("speed", 1.0, "meter per second", "meters per second"),
-    "c": ("temperature", None, "degree Celsius", "degrees Celsius"),
-    "f": ("temperature", None, "degree Fahrenheit", "degrees Fahrenheit"), "k": ("temperature", None, "kelvin", "kelvins"),
-}
-UNIT_ALIASES = {name.lower(): code for code, (_, _, one, many) in UNITS.items() for name in (code, one, many)}
-TO_KELVIN = {"c": lambda x: x + 273.15, "f": lambda x: (x - 32) * 5 / 9 + 273.15, "k": lambda x: x}
-FROM_KELVIN = {"c": lambda x: x - 273.15, "f": lambda x: (x - 273.15) * 9 / 5 + 32, "k": lambda x: x}
-
-
-def _exact(node: ast.AST) -> Fraction:
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
-        return Fraction(node.value)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        value = _exact(node.operand)
-        return -value if isinstance(node.op, ast.USub) else value
-    if isinstance(node, ast.BinOp) and type(node.op) in CALC_OPS:
-        return CALC_OPS[type(node.op)](_exact(node.left), _exact(node.right))
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
-        base, exponent = _exact(node.left), _exact(node.right)
-        if exponent.denominator != 1 or abs(exponent) > MAX_EXPONENT:
-            raise ValueError(f"exponent must be a whole number within +-{MAX_EXPONENT}, got {exponent}")
-        return base ** int(exponent)
-    raise ValueError(f"unsupported expression element {ast.dump(node)[:40]}")
-
-
-def round_number(x: float | Fraction, decimals: int) -> int | float:
-    """`x` rounded to `decimals` places, as an int when it is whole (JSON and speech-friendly)."""
-    x = round(float(x), decimals)
-    return int(x) if x == int(x) and abs(x) < 2**53 else x
-
-
-def calculate(expression: str) -> int | float:
-    """Evaluate an arithmetic expression exactly (fractions), rounded to CALC_DECIMALS decimals.
-
-    Raises ValueError for anything but numbers, + - * / ** and parentheses; ZeroDivisionError.
-    """
-    try:
-        tree = ast.parse(expression.replace("^", "**").replace("x", "*"), mode="eval")
-    except SyntaxError:
-        raise ValueError(f"not an arithmetic expression: {expression!r}") from None
-    return round_number(_exact(tree.body), CALC_DECIMALS)
-
-
-def convert_units(value: float, from_unit: str, to_unit: str) -> int | float:
-    """`value` in `from_unit` expressed in `to_unit` (codes or names of UNITS), rounded for speech:
-    2 decimals, or 3 significant digits below 1."""
-    src, dst = (UNIT_ALIASES.get(u.lower().strip()) for u in (from_unit, to_unit))
-    if src is None or dst is None:
-        raise ValueError(f"unknown unit {from_unit if src is None else to_unit!r}; known: {', '.join(UNITS)}")
-    if UNITS[src][0] != UNITS[dst][0]:
-        raise ValueError(f"cannot convert {UNITS[src][0]} ({src}) to {UNITS[dst][0]} ({dst})")
-    if UNITS[src][0] == "temperature":
-        result = FROM_KELVIN[dst](TO_KELVIN[src](value))
-    else:
-        result = value * UNITS[src][1] / UNITS[dst][1]
-    if result != 0 and abs(result) < 1:
-        return float(f"{result:.3g}")
-    return round_number(result, 2)
-
-
-def format_time(now: dt.datetime) -> str:
-    """"3:07 PM": how the time tool reports a time of day."""
-    return f"{(now.hour - 1) % 12 + 1}:{now.minute:02d} {'AM' if now.hour < 12 else 'PM'}"
-
-
-def format_date(now: dt.date) -> str:
-    """"March 5, 2026": how the date tool reports a date."""
-    return f"{now.strftime('%B')} {now.day}, {now.year}"
-
-
-def run_tool(name: str, arguments: dict, now: dt.datetime | None = None, wordnet: WordNet | None = None) -> dict:
-    """Execute one tool call; returns its JSON-able result, or {"error": message} for a bad request.
-
-    `now` fixes the clock (the generator gives each dialogue its own); `wordnet` is the dictionary.
-    """
-    now = now or dt.datetime.now()
-    try:
-        check_arguments(name, arguments)
-        if name == "get_time":
-            return {"time": format_time(now)}
-        if name == "get_date":
-            return {"weekday": now.strftime("%A"), "date": format_date(now)}
-        if name == "calculator":
-            return {"result": calculate(arguments["expression"])}
-        if name == "convert_units":
-            value = convert_units(arguments["value"], arguments["from_unit"], arguments["to_unit"])
-            return {"value": value, "unit": UNIT_ALIASES[arguments["to_unit"].lower().strip()]}
-        if name == "set_timer":
-            if arguments["seconds"] <= 0:
-                raise ValueError(f"a timer needs a positive number of seconds, got {arguments['seconds']}")
-            return {"status": "started", "seconds": arguments["seconds"]}
-        if name == "define_word":
-            if wordnet is None or not wordnet.available():
-                return {"error": "no dictionary is installed"}
-            entry = wordnet.lookup(arguments["word"])
-            if entry is None:
-                return {"error": f"no definition found for {arguments['word']!r}"}
-            return entry
-    except ZeroDivisionError:
-        return {"error": "division by zero"}
-    except ValueError as exc:
-        return {"error": str(exc)}
-    raise AssertionError(name)
-
-
-# ----------------------------------------------------------------------------------------------
-# 2. Schema validation
-
-
-def check_arguments(name: str, arguments: Any) -> None:
-    """Raise ValueError unless `arguments` has exactly the parameters of tool `name` with their types."""
-    if name not in TOOLS:
-        raise ValueError(f"unknown tool {name!r}; expected one of {sorted(TOOLS)}")
-    params = TOOLS[name]["parameters"]
-    if not isinstance(arguments, dict) or set(arguments) != set(params):
-        raise ValueError(f"tool {name}: expected arguments {sorted(params)}, got {arguments!r}")
-    for key, kind in params.items():
-        value = arguments[key]
-        if isinstance(value, bool) or not isinstance(value, PARAM_TYPES[kind]):
-            raise ValueError(f"tool {name}: argument {key!r} must be a {kind}, got {value!r}")
+# 1. Schema validation
 
 
 def validate_dialogue(obj: Any, where: str = "dialogue") -> dict:
@@ -306,7 +151,7 @@ def validate_dialogues_file(path: str | Path) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. Paraphrases (user side) and replies (assistant side)
+# 2. Paraphrases (user side) and replies (assistant side)
 
 PARAPHRASES: dict[str, list[str]] = {
     "greet": ["hello", "hi there", "hey", "good morning", "good evening", "hey there", "hi, are you there",
@@ -389,6 +234,18 @@ GENRES = ["jazz", "rock", "classical music", "pop songs"]
 UNIT_PAIRS = [("km", "mi"), ("mi", "km"), ("m", "ft"), ("ft", "m"), ("in", "cm"), ("cm", "in"), ("kg", "lb"), ("lb", "kg"),
               ("g", "oz"), ("oz", "g"), ("l", "gal"), ("gal", "l"), ("cup", "ml"), ("c", "f"), ("f", "c"), ("c", "k"),
               ("h", "min"), ("min", "s"), ("day", "h"), ("week", "day"), ("km/h", "mph"), ("mph", "km/h"), ("yd", "m")]
+# Train/dev requests are sometimes said with extra words around them, as people talk to a voice
+# assistant ("um, hey minivox, what time is it please"), so the model keys on the request, not on
+# the exact sentence. Test turns are never wrapped: they stay the held-out paraphrases alone.
+WRAPPED_KEYS = {"time", "date", "weekday", "year", "add", "sub", "mul", "div", "percent", "square", "convert", "timer",
+                "define", "that_times", "that_plus", "other_unit", "and_date", "example", "timer_change", "who",
+                "capabilities", "joke", *REFUSALS}
+FILLER_PREFIXES = ["um", "uh", "so", "okay", "okay so", "hey", "hey minivox", "minivox", "well", "alright", "oh",
+                   "hmm", "quick question", "one more thing", "sorry", "excuse me", "right", "now"]
+WH_WORDS = {"what", "what's", "how", "which", "who", "where", "when"}
+QUESTION_FRAMES = ["can you tell me {q}", "could you tell me {q}", "do you know {q}", "I'd like to know {q}",
+                   "I want to know {q}", "I was wondering {q}", "tell me {q}"]
+SUFFIXES = ["please", "for me", "thanks", "thank you", "if you can", "if you could", "real quick", "okay", "minivox"]
 _DUPLICATES = [k for k, v in PARAPHRASES.items() if len(v) < 2 or len(set(v)) != len(v)]
 assert not _DUPLICATES, f"paraphrase lists need >= 2 distinct entries: {_DUPLICATES}"
 
@@ -407,23 +264,8 @@ def unit_name(code: str, value: float) -> str:
     return UNITS[code][2] if value == 1 else UNITS[code][3]
 
 
-def duration_phrase(seconds: int) -> str:
-    """300 -> "5 minutes", 5400 -> "1 hour and 30 minutes", 90 -> "1 minute and 30 seconds"."""
-    parts = []
-    for size, one, many in ((3600, "hour", "hours"), (60, "minute", "minutes"), (1, "second", "seconds")):
-        count, seconds = divmod(seconds, size)
-        if count:
-            parts.append(f"{count} {one if count == 1 else many}")
-    return " and ".join(parts)
-
-
-def number_text(x: int | float) -> str:
-    """A number as the assistant writes it: no exponent, no trailing zeros."""
-    return str(x) if isinstance(x, int) else f"{x:.6f}".rstrip("0").rstrip(".")
-
-
 # ----------------------------------------------------------------------------------------------
-# 4. Building one dialogue
+# 3. Building one dialogue
 
 
 class DialogueBuilder:
@@ -451,7 +293,22 @@ class DialogueBuilder:
         allowed = sorted(held) if self.split == "test" else [i for i in range(len(options)) if i not in held]
         index = self.rng.choice(allowed)
         self.picks.append(f"{key}{index}")
-        return options[index].format(**slots)
+        text = options[index].format(**slots)
+        if self.split != "test" and key in WRAPPED_KEYS and self.rng.random() < self.cfg.wrap_prob:
+            text = self._wrap(text)
+        return text
+
+    def _wrap(self, text: str) -> str:
+        """The request with words around it: a question frame or a filler before and/or a courtesy after."""
+        rng = self.rng
+        before = rng.random() < 0.75
+        if before and text.split()[0] in WH_WORDS and rng.random() < 0.4:
+            text = rng.choice(QUESTION_FRAMES).format(q=text)
+        elif before:
+            text = f"{rng.choice(FILLER_PREFIXES)}, {text}"
+        if not before or rng.random() < 0.3:
+            text = f"{text} {rng.choice(SUFFIXES)}"
+        return text
 
     def _surface(self, text: str) -> str:
         """The user's words as ASR would give them (spoken) or as typed: capitalised, maybe punctuated."""
@@ -756,7 +613,7 @@ NEEDS_WORDNET = {"define", "define.unknown", "follow.define_example"}
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. Generation, config, command
+# 4. Generation, config, command
 
 
 @dataclass
@@ -774,6 +631,7 @@ class DialogueConfig:
     closing_prob: float = 0.3  # a thanks or goodbye exchange after it
     chatterbot_prob: float = 0.1  # train/dev dialogues taken from chatterbot-corpus small talk (if installed)
     chatterbot_categories: list[str] = field(default_factory=lambda: ["greetings", "conversations", "emotion", "food", "humor", "sports"])
+    wrap_prob: float = 0.3  # train/dev requests said with extra words around them (WRAPPED_KEYS); never in test
     define_min_tag_count: int = 3  # WordNet sense-tag count of words the define families ask about (common words)
 
 
