@@ -6,8 +6,9 @@ Usage (from the repository root; the bundled demo models, or --asr/--llm/... che
 
 The agent runs as its own process (`python -m minivox.serve demo`, so the clients here do not
 share its interpreter); the clients are serve/client.py's `run_client`, streaming in real time
-(20 ms frames paced by the clock) as a microphone would. Questions are spoken by minivox's demo
-voice (QUESTIONS below).
+(20 ms frames paced by the clock) as a microphone would. Questions (QUESTIONS below) are spoken by
+minivox's demo voice, or with --voice by a speech-engine voice (e.g. pico:en-GB, one the demo ASR
+never trained on).
 
     latency      per turn: end of the user's speech in the sent audio (the agent's VAD run over
                  the file) -> arrival of the turn's first reply audio at the client; p50/p90 over
@@ -63,18 +64,28 @@ def start_server(port: int, extra: list[str]) -> subprocess.Popen:
     raise SystemExit(f"the agent did not start: {' '.join(cmd)}")
 
 
-def spoken_questions() -> list[np.ndarray]:
-    """Each question at 16 kHz mono, with 0.5 s of silence before it."""
+def spoken_questions(voice: str = "minivox") -> list[np.ndarray]:
+    """Each question at 16 kHz mono, with 0.5 s of silence before it, spoken by minivox's demo TTS or
+    by a speech-engine voice of minivox.data.voices ("pico:en-GB", "flite:rms", ...)."""
     import torch
 
     from minivox.audio import resample
-    from minivox.tts import TTS
 
-    torch.set_num_threads(1)
-    tts = TTS.from_checkpoints()
+    if voice == "minivox":
+        from minivox.tts import TTS
+
+        torch.set_num_threads(1)
+        speak = TTS.from_checkpoints().synthesize
+    else:
+        from minivox.data.voices import catalogue_voice, install_command, synthesize, voice_installed
+
+        engine_voice = catalogue_voice(voice)
+        if not voice_installed(engine_voice):
+            raise SystemExit(f"voice {voice} is not installed: {install_command(engine_voice)}")
+        speak = lambda text: synthesize(engine_voice, text)  # noqa: E731
     out = []
     for q in QUESTIONS:
-        audio, rate = tts.synthesize(q)
+        audio, rate = speak(q)
         audio16 = np.asarray(resample(audio, rate, 16000), dtype=np.float32)
         out.append(np.concatenate([np.zeros(8000, np.float32), audio16]))
     return out
@@ -123,11 +134,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=20, help="turns for the latency figures (default 20)")
     parser.add_argument("--sessions", default="1,2,4,6", help="concurrent-session counts to try (default 1,2,4,6)")
+    parser.add_argument("--voice", default="minivox",
+                        help="who asks: minivox (its demo TTS, default) or an engine voice such as pico:en-GB, "
+                             "flite:rms (`minivox data voices` lists them)")
     parser.add_argument("--port", type=int, default=8791)
     parser.add_argument("server_args", nargs="*", help="extra arguments for `python -m minivox.serve demo`")
     args = parser.parse_args()
 
-    questions = spoken_questions()
+    questions = spoken_questions(args.voice)
     proc = start_server(args.port, args.server_args)
     url = f"ws://127.0.0.1:{args.port}/ws"
     try:
@@ -138,7 +152,7 @@ def main() -> int:
         proc.wait(timeout=30)
 
     print(f"voice-to-voice latency over {lat['turns']} answered turns of {lat['asked']} asked (one session each, "
-          f"real-time input), {os.cpu_count()} CPU cores")
+          f"real-time input), questions spoken by {args.voice}, {os.cpu_count()} CPU cores")
     for line in lat["missed"]:
         print(f"  no reply: {line}")
     print()
