@@ -49,12 +49,12 @@ EOU = "<EOU>"  # end of utterance: appended to every training transcript; ends a
 EOB = "<EOB>"  # end of backchannel ("uh huh", "yeah"): a short acknowledgement that ends no turn
 MAX_SYMBOLS_PER_STEP = 10  # tokens greedy search may emit at one 80 ms frame (NeMo's default)
 SILENCE_RESET_S = 1.0  # an utterance with no new token for this long is over (after the 0.8 s VAD fallback)
-PCM_ABS_LIMIT = 16.0
+PCM_ABS_LIMIT = 16.0  # float PCM beyond this is surely unscaled integer samples, not [-1, 1] audio
 # Recordings longer than this many encoder frames (2 minutes) are encoded chunk by chunk with
 # the streaming caches (the same frames): offline attention would build [T, T] score matrices
 # per head (0.9 GB for 10 minutes at 4 heads), the streaming path only [T_block, left + T_block].
 LONG_FORM_FRAMES = 1500
-LONG_FORM_BLOCK = 250  # encoder frames per streaming call for long recordings (20 s)  # float PCM beyond this is surely unscaled integer samples, not [-1, 1] audio
+LONG_FORM_BLOCK = 250  # encoder frames per streaming call for long recordings (20 s)
 
 
 # ---------------------------------------------------------------------------------------
