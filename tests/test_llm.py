@@ -338,12 +338,13 @@ def llm_data(tmp_path_factory):
 
 
 def test_training_resume_is_exact_across_the_phase_boundary(llm_data, tmp_path):
-    """6 straight steps == 4 steps, stop, --resume, 2 more (pre-training 3 + SFT 3): same weights, bit for bit."""
+    """6 straight steps == 4 steps, stop, --resume, 2 more (pre-training 3 + SFT 3, with token
+    noise): same weights, bit for bit."""
     from minivox.train.llm import main
 
     common = [f"data.sentences={llm_data / 'sentences.jsonl'}",
               f"data.dialogues_dir={llm_data}", "pretrain.steps=3", "sft.steps=3", "pretrain.batch_tokens=256",
-              "sft.batch_tokens=1024", "eval_dialogues=1", "data.max_sentences=0"]
+              "sft.batch_tokens=1024", "eval_dialogues=1", "data.max_sentences=0", "sft.user_token_noise=0.2"]
     config = ["--config", "configs/llm_tiny.toml"]
     assert main(config + ["--out", str(tmp_path / "straight")] + common) == 0
     assert main(config + ["--out", str(tmp_path / "split")] + common + ["stop_at=4"]) == 0
@@ -368,8 +369,8 @@ def test_sft_targets_are_assistant_tokens_only(llm_data):
     dialogues = [json.loads(line) for line in open(llm_data / "dialogues_train.jsonl")]
     tok = train_chat_tokenizer([m["content"] for d in dialogues for m in d["messages"] if m["content"]], 400)
     template = ChatTemplate(tok)
-    ids, targets, dropped = encode_dialogues(template, dialogues, 10_000)
-    assert dropped == 0 and len(ids) == len(dialogues)
+    ids, targets, kept = encode_dialogues(template, dialogues, 10_000)
+    assert kept == list(range(len(dialogues))) and len(ids) == len(dialogues)
     batches = length_batches([len(x) for x in ids], 2048)
     assert sorted(i for b in batches for i in b) == list(range(len(ids)))
     assert all(len(b) * max(len(ids[i]) for i in b) <= 2048 or len(b) == 1 for b in batches)
@@ -399,3 +400,43 @@ def test_init_from_starts_from_the_checkpoint_weights_and_tokenizer(llm_data, tm
     with pytest.raises(ValueError, match="n_layer"):
         main(config + ["--out", str(tmp_path / "bad"), "--init-from", str(tmp_path / "base" / "llm.pt")]
              + common + ["model.n_layer=3"])
+
+
+def test_token_noise_replaces_only_user_text_tokens(llm_data):
+    """user_token_positions marks exactly the user messages' text; add_token_noise changes about p
+    of those positions and nothing else, the same way for the same generator seed."""
+    import json
+
+    from minivox.chat_template import ChatTemplate, train_chat_tokenizer
+    from minivox.train.llm import add_token_noise, collate, encode_dialogues, user_token_positions
+
+    dialogues = [json.loads(line) for line in open(llm_data / "dialogues_train.jsonl")]
+    tok = train_chat_tokenizer([m["content"] for d in dialogues for m in d["messages"] if m["content"]], 400)
+    template = ChatTemplate(tok)
+    ids, targets, _ = encode_dialogues(template, dialogues, 10_000)
+    positions = [user_token_positions(template, d["messages"]) for d in dialogues]
+    from minivox.train.llm import VALUE_WORDS
+
+    for d, x, pos in zip(dialogues, ids, positions):
+        user_ids = [i for m in d["messages"] if m["role"] == "user" for i in template.encode_message(m)[1:-1]]
+        said = {i for m in d["messages"] if m["role"] == "assistant" for i in template.encode_message(m)}
+        assert set(x[i] for i in pos) <= set(user_ids) - set(template.speaker_ids) - said
+        for i in pos:
+            word = tok.id_to_piece(x[i]).lstrip("\u2581").lower()
+            assert word not in VALUE_WORDS and not any(c.isdigit() for c in word)
+        if not any(m.get("tool_calls") for m in d["messages"]):  # small talk: every user word but those repeated
+            assert len(pos) == sum(1 for i in user_ids if i not in said and i not in template.speaker_ids
+                                   and tok.id_to_piece(i).lstrip("\u2581").lower() not in VALUE_WORDS
+                                   and not any(c.isdigit() for c in tok.id_to_piece(i)))
+    index = list(range(len(ids)))
+    x, y = collate(ids, targets, index)
+    vocab = torch.arange(10, 20)
+    noisy = add_token_noise(x, [positions[i] for i in index], vocab, 0.3, torch.Generator().manual_seed(1))
+    again = add_token_noise(x, [positions[i] for i in index], vocab, 0.3, torch.Generator().manual_seed(1))
+    assert torch.equal(noisy, again)
+    changed = (noisy != x).nonzero().tolist()
+    allowed = {(row, i) for row, pos in enumerate(positions) for i in pos}
+    assert changed and all((row, i) in allowed for row, i in changed)
+    assert all(10 <= noisy[row, i] < 20 for row, i in changed)
+    drawn = sum(1 for row, i in allowed if noisy[row, i] != x[row, i] or x[row, i] in range(10, 20))
+    assert 0.2 < drawn / len(allowed) < 0.4

@@ -78,6 +78,7 @@ class PhaseConfig:
     warmup_steps: int = 100  # linear warm-up, then cosine decay
     min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
     seq_len: int = 128  # pre-training chunk length (SFT uses whole dialogues up to max_seq_len)
+    user_token_noise: float = 0.0  # SFT only: share of user-message tokens replaced by random ones (unseen phrasing, ASR errors)
 
 
 @dataclass
@@ -143,17 +144,58 @@ def pack_sentences(tokenizer: Tokenizer, texts: list[str], seq_len: int, end_id:
     return data.unfold(0, seq_len + 1, seq_len)  # [N, seq_len + 1]: row i starts at i * seq_len
 
 
-def encode_dialogues(template: ChatTemplate, dialogues: list[dict], max_len: int) -> tuple[list[list[int]], list[list[int]], int]:
-    """(ids, targets) of every dialogue that fits `max_len` tokens; returns also how many were dropped."""
-    ids, targets, dropped = [], [], 0
-    for d in dialogues:
+def encode_dialogues(template: ChatTemplate, dialogues: list[dict], max_len: int) -> tuple[list[list[int]], list[list[int]], list[int]]:
+    """(ids, targets) of every dialogue that fits `max_len` tokens, and the indices of those dialogues."""
+    ids, targets, kept = [], [], []
+    for k, d in enumerate(dialogues):
         x, y = template.encode_dialogue(d["messages"])
-        if len(x) > max_len:
-            dropped += 1
+        if len(x) <= max_len:
+            ids.append(x)
+            targets.append(y)
+            kept.append(k)
+    return ids, targets, kept
+
+
+# Words that carry a request's values: token noise never replaces them (nor digits, nor any token the
+# assistant's messages repeat, such as a word to define or a unit), so every target stays predictable.
+VALUE_WORDS = set("""zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen
+sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred thousand million
+point half quarter plus minus times multiplied multiply divided divide over percent squared square power add
+subtract sum product""".split())
+
+
+def user_token_positions(template: ChatTemplate, messages: list[dict]) -> list[int]:
+    """Positions in `template.encode_dialogue(messages)` of user-message text tokens that SFT token
+    noise may replace: not role markers, speaker tags or `<|end|>`, and none that carry a value
+    (digits, VALUE_WORDS, tokens the assistant's messages repeat)."""
+    tok = template.tokenizer
+    repeated = {i for m in messages if m["role"] == "assistant" for i in template.encode_message(m)}
+    positions, at = [], 0
+    for message in messages:
+        piece = template.encode_message(message)
+        if message["role"] == "user":
+            for i in range(1, len(piece) - 1):
+                word = tok.id_to_piece(piece[i]).lstrip("\u2581").lower()
+                if (piece[i] not in template.speaker_ids and piece[i] not in repeated
+                        and not any(c.isdigit() for c in word) and word not in VALUE_WORDS):
+                    positions.append(at + i)
+        at += len(piece)
+    return positions
+
+
+def add_token_noise(x: torch.Tensor, positions: list[list[int]], vocab: torch.Tensor, p: float,
+                    generator: torch.Generator) -> torch.Tensor:
+    """A copy of inputs x [B, T] where each listed position of row b (positions[b]) is, with
+    probability p, replaced by a token drawn uniformly from `vocab` (word dropout with random
+    words: the model learns to read the request's content rather than one exact phrasing)."""
+    x = x.clone()
+    for row, pos in enumerate(positions):
+        if not pos:
             continue
-        ids.append(x)
-        targets.append(y)
-    return ids, targets, dropped
+        pos = torch.tensor(pos)
+        hit = pos[torch.rand(len(pos), generator=generator) < p]
+        x[row, hit] = vocab[torch.randint(len(vocab), (len(hit),), generator=generator)]
+    return x
 
 
 def length_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
@@ -394,7 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     pre_batches = ResumableBatches([list(range(i, min(i + rows_per_batch, len(pre_rows))))
                                     for i in range(0, len(pre_rows) - rows_per_batch + 1, rows_per_batch)],
                                    seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
-    sft_ids, sft_targets, dropped = encode_dialogues(template, train_dialogues, cfg.model.max_seq_len)
+    sft_ids, sft_targets, kept = encode_dialogues(template, train_dialogues, cfg.model.max_seq_len)
+    dropped = len(train_dialogues) - len(kept)
+    if cfg.sft.user_token_noise > 0:  # where the noise may go, and the user-side vocabulary it draws from
+        sft_noise_at = [user_token_positions(template, train_dialogues[k]["messages"]) for k in kept]
+        noise_vocab = torch.tensor(sorted({ids[i] for ids, pos in zip(sft_ids, sft_noise_at) for i in pos}))
     dev_ids, dev_targets, _ = encode_dialogues(template, dev_dialogues, cfg.model.max_seq_len)
     sft_batches = ResumableBatches(length_batches([len(x) for x in sft_ids], cfg.sft.batch_tokens),
                                    seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
@@ -470,7 +516,11 @@ def main(argv: list[str] | None = None) -> int:
                 rows = pre_rows[next(pre_stream)]  # [B, L + 1]
                 x, y = rows[:, :-1], rows[:, 1:]
             else:
-                x, y = collate(sft_ids, sft_targets, next(sft_stream))
+                index = next(sft_stream)
+                x, y = collate(sft_ids, sft_targets, index)
+                if cfg.sft.user_token_noise > 0:
+                    noise_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + dist.rank * 10_007 + step)
+                    x = add_token_noise(x, [sft_noise_at[i] for i in index], noise_vocab, cfg.sft.user_token_noise, noise_rng)
             x, y = x.to(dist.device), y.to(dist.device)
             loss = lm_loss(train_model, x, y)
             optimizer.zero_grad(set_to_none=True)
