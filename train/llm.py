@@ -17,7 +17,10 @@ logs held-out perplexity (sentences), the dev SFT loss and tool-call accuracy on
 every `checkpoint_every` steps and at exit (also on Ctrl-C / SIGTERM) it writes {out}/state.pt
 (exact resume) and {out}/llm.pt (inference checkpoint); at the end, `export` gets an fp16 copy.
 `--init-from CHECKPOINT` starts a new run (fresh optimizer and schedule) from a checkpoint's weights
-and tokenizer: fine-tuning on other dialogues (its [model] must be the config's).
+and tokenizer: fine-tuning on other dialogues (its [model] must be the config's). With
+`sft.user_token_noise = p`, SFT replaces each user-message token with a random one with probability p
+(never a value: digits, number and operator words, tokens the assistant repeats), so the model learns
+to read a request's content rather than one exact phrasing, and to cope with ASR errors.
 
 Scores (`evaluate_dialogues`), measured by greedy decoding with the reference context up to each
 assistant message:
