@@ -30,6 +30,10 @@ Prints two markdown tables.
        .venv/bin/python bench/asr.py --skip-encoder --checkpoint minivox/pretrained/asr_demo.pt \
            --eval data/asr/test.jsonl --pocketsphinx --beam 4
 
+   --peer-pocketsphinx adds a table of pocketsphinx's own WER on the same rows (PyPI pocketsphinx,
+   in the data venv: a recogniser trained on real speech, for scale; the pocketsphinx test
+   recordings are its own test data, so that row flatters it).
+
    --pocketsphinx reads /usr/share/pocketsphinx/test/data (apt install pocketsphinx-testdata):
    cards/001-005.wav, librivox/sense_and_sensibility_01_austen_64kb-0870..0930.wav and
    goforward.raw ("go forward ten meters"), 11 recordings of real speech with their reference
@@ -217,6 +221,23 @@ def eval_wer(model, rows: list[dict], beam: int) -> float:
     return word_error_rate([rows[i]["text"] for i in order], [h.text for h in hyps]).rate
 
 
+def pocketsphinx_wer(rows: list[dict]) -> float:
+    """WER of pocketsphinx (PyPI `pocketsphinx`, its bundled US English model trained on real speech)
+    on the same rows: a peer recogniser for scale."""
+    from pocketsphinx import Decoder
+
+    from minivox.metrics import word_error_rate
+
+    decoder = Decoder(samprate=16000)
+    hyps = []
+    for r in rows:
+        decoder.start_utt()
+        decoder.process_raw((np.clip(r["pcm"], -1, 1) * 32767).astype("<i2").tobytes(), full_utt=True)
+        decoder.end_utt()
+        hyps.append(decoder.hyp().hypstr.lower() if decoder.hyp() else "")
+    return word_error_rate([r["text"] for r in rows], hyps).rate
+
+
 def eval_eou(model, rows: list[dict]) -> dict:
     """Stream each utterance (+ EOU_TAIL_S of silence) -> EOU precision/recall/latency, EOB accuracy."""
     from minivox.asr import StreamingTranscriber
@@ -259,6 +280,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eou-limit", type=int, default=400, help="rows streamed for EOU scoring (0: all)")
     parser.add_argument("--pocketsphinx", action="store_true",
                         help="quality table row for Debian's pocketsphinx-testdata recordings (real speech)")
+    parser.add_argument("--peer-pocketsphinx", action="store_true",
+                        help="also score pocketsphinx (pip install pocketsphinx) on the same rows, for scale")
     parser.add_argument("--beam", type=int, default=4, help="beam size of the beam-search WER (default 4)")
     parser.add_argument("--eval-threads", type=int, default=2, help="threads for the offline WER decoding")
     parser.add_argument("--att-context", action="append", default=[], metavar="LEFT,RIGHT",
@@ -318,6 +341,7 @@ def main(argv=None) -> int:
         print(f"\n| set | context | utterances | WER greedy | WER beam {args.beam} | EOU precision / recall | "
               "EOU latency p50 / p90 | backchannels ending in <EOB> |")
         print("|---|---|---|---|---|---|---|---|")
+        peers = []
         for (name, load), context in ((s, c) for s in sets for c in contexts):
             model.set_att_context(context)
             rows = load()
@@ -335,6 +359,13 @@ def main(argv=None) -> int:
                              f"{e['eob_accuracy']:.2f} ({e['backchannels']})")
             print(f"| {name} | {list(context)} | {len(rows)} | {100 * greedy:.2f}% | {100 * beam:.2f}% | {eou_cells} |",
                   flush=True)
+            if args.peer_pocketsphinx and context == contexts[0]:
+                peers.append((name, len(rows), greedy, beam, pocketsphinx_wer(rows)))
+        if peers:
+            print(f"\n| set | utterances | pocketsphinx WER (peer) | minivox {list(contexts[0])} greedy / beam {args.beam} |")
+            print("|---|---|---|---|")
+            for name, n, greedy, beam, sphinx in peers:
+                print(f"| {name} | {n} | {100 * sphinx:.2f}% | {100 * greedy:.2f}% / {100 * beam:.2f}% |")
     return 0
 
 
