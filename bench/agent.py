@@ -133,7 +133,7 @@ async def concurrent(url: str, questions: list[np.ndarray], n: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=20, help="turns for the latency figures (default 20)")
-    parser.add_argument("--sessions", default="1,2,4,6", help="concurrent-session counts to try (default 1,2,4,6)")
+    parser.add_argument("--sessions", default="1,2,4,6", help="concurrent-session counts to try (default 1,2,4,6; '' skips the table)")
     parser.add_argument("--voice", default="minivox",
                         help="who asks: minivox (its demo TTS, default) or an engine voice such as pico:en-GB, "
                              "flite:rms (`minivox data voices` lists them)")
@@ -141,12 +141,16 @@ def main() -> int:
     parser.add_argument("server_args", nargs="*", help="extra arguments for `python -m minivox.serve demo`")
     args = parser.parse_args()
 
+    try:
+        sessions = [int(n) for n in args.sessions.split(",") if n.strip()]
+    except ValueError:
+        parser.error(f"--sessions takes comma-separated counts (e.g. 1,2,4), got {args.sessions!r}")
     questions = spoken_questions(args.voice)
     proc = start_server(args.port, args.server_args)
     url = f"ws://127.0.0.1:{args.port}/ws"
     try:
         lat = asyncio.run(latency(url, questions, args.turns))
-        rows = [asyncio.run(concurrent(url, questions, int(n))) for n in args.sessions.split(",")]
+        rows = [asyncio.run(concurrent(url, questions, n)) for n in sessions]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -161,6 +165,8 @@ def main() -> int:
     print("|---|---|---|---|---|---|")
     print(f"| {lat['p50']:.0f} ms | {lat['p90']:.0f} ms | {lat['turn_detect']:.0f} ms | {lat['llm_first']:.0f} ms "
           f"| {lat['tts_first']:.0f} ms | {lat['early']} of {lat['turns']} |\n")
+    if not rows:
+        return 0
     print("| concurrent sessions | max input lag | real time (<= 200 ms) | turns answered | latency p50 |")
     print("|---|---|---|---|---|")
     for r in rows:
