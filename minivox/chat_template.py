@@ -7,9 +7,16 @@ become token ids with sentencepiece special tokens:
 
     <|system|> You are minivox ... <|end|>
     <|user|> <speaker_1> what's 17 times 23 <|end|>
-    <|assistant|> <|call|> [{"name": "calculator", "arguments": {"expression": "17 * 23"}}] <|end|>
+    <|assistant|> <|call|> [{"name": " calculator", "arguments": {"expression": " 17 * 23"}}] <|end|>
     <|tool|> calculator: {"result": 391} <|end|>
     <|assistant|> 17 times 23 is 391. <|end|>
+
+JSON string values (tool names, arguments, tool results) are written with one space after the
+opening quote, and read back without it: sentencepiece then cuts a word inside a call or result
+into the same pieces as in a sentence ("▁reduction" in both; without the space the quote glues
+to it and it becomes "red" + "uction" in the call against "▁red" + "uction" in the user's words),
+so the model copies pieces instead of re-spelling words. What reaches tools and API clients is
+plain JSON.
 
 Role markers, `<|end|>` and `<|call|>` are sentencepiece *control* symbols: they have ids but
 no text form, so nothing a user types can forge them. `<speaker_N>` (the diarizer's speaker
@@ -57,9 +64,42 @@ def train_chat_tokenizer(texts: Sequence[str], vocab_size: int, model_type: str 
                            character_coverage=0.9995, seed=seed)
 
 
+def spaced(value):
+    """JSON data with one space before every string value (not keys), as the model reads and writes it."""
+    if isinstance(value, str):
+        return " " + value
+    if isinstance(value, list):
+        return [spaced(v) for v in value]
+    if isinstance(value, dict):
+        return {k: spaced(v) for k, v in value.items()}
+    return value
+
+
+def unspaced(value):
+    """`spaced` undone: one leading space off every string value (a value without one is kept)."""
+    if isinstance(value, str):
+        return value[1:] if value.startswith(" ") else value
+    if isinstance(value, list):
+        return [unspaced(v) for v in value]
+    if isinstance(value, dict):
+        return {k: unspaced(v) for k, v in value.items()}
+    return value
+
+
 def format_tool_calls(calls: Sequence[dict]) -> str:
-    """The JSON text the model writes after `<|call|>`: [{"name": ..., "arguments": {...}}, ...]."""
-    return json.dumps([{"name": c["name"], "arguments": c["arguments"]} for c in calls], ensure_ascii=False)
+    """The JSON text the model writes after `<|call|>`: [{"name": ..., "arguments": {...}}, ...],
+    string values spaced (module docstring)."""
+    return json.dumps([spaced({"name": c["name"], "arguments": c["arguments"]}) for c in calls], ensure_ascii=False)
+
+
+def format_tool_result(content: str) -> str:
+    """A tool message's content as the model reads it: a JSON object or list with its string values
+    spaced; any other text as it is."""
+    try:
+        value = json.loads(content)
+    except json.JSONDecodeError:
+        return content
+    return json.dumps(spaced(value), ensure_ascii=False) if isinstance(value, (dict, list)) else content
 
 
 @dataclass
@@ -80,7 +120,7 @@ def parse_tool_calls(text: str) -> list[ToolCall]:
     which validation then rejects (and the assistant apologises).
     """
     try:
-        value = json.loads(text)
+        value = unspaced(json.loads(text))
     except json.JSONDecodeError:
         return [ToolCall(name="", arguments=text)]
     items = value if isinstance(value, list) else [value]
@@ -115,7 +155,7 @@ class ChatTemplate:
         content = message.get("content") or ""
         ids = [self.role_ids[role]]
         if role == "tool":
-            content = f"{message.get('name', 'tool')}: {content}"
+            content = f"{message.get('name', 'tool')}: {format_tool_result(content)}"
         if content:
             ids += self.tokenizer.encode(content)
         if role == "assistant" and message.get("tool_calls"):

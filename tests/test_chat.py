@@ -79,6 +79,24 @@ def test_tool_call_message_round_trips_through_the_template(template, dialogues)
     pytest.fail("no tool call in the generated dialogues")
 
 
+def test_words_in_calls_and_tool_results_get_the_pieces_they_have_in_sentences(template, tokenizer):
+    """The spaced JSON strings: a word the user said is cut into the same pieces in a call's
+    arguments and in a tool result, so copying it is copying pieces."""
+    for word in ["reduction", "complement", "guess", "kilometers", "happy", "Oslo"]:
+        said = tokenizer.encode(word)  # as after a space in a sentence (sentencepiece's "▁" prefix)
+        assert tokenizer.encode(f"what does {word} mean")[-len(said) - 1:-1] == said
+        call = template.encode_message({"role": "assistant", "content": "",
+                                        "tool_calls": [{"name": "define_word", "arguments": {"word": word}}]})
+        result = template.encode_message({"role": "tool", "name": "define_word",
+                                          "content": json.dumps({"word": word, "definition": "x"})})
+        for ids in (call, result):
+            assert any(ids[i:i + len(said)] == said for i in range(len(ids))), (word, said, ids)
+    calls = [{"name": "calculator", "arguments": {"expression": "2 + 2"}},
+             {"name": "convert_units", "arguments": {"value": 5, "from_unit": "km", "to_unit": " mi"}}]
+    assert [(c.name, json.loads(c.arguments)) for c in parse_tool_calls(format_tool_calls(calls))] == \
+        [(c["name"], c["arguments"]) for c in calls]  # a value's own leading space survives the round trip
+
+
 @given(text=st.text(max_size=80))
 @settings(max_examples=80, deadline=None)
 def test_parse_tool_calls_never_raises(text):
