@@ -408,13 +408,13 @@ def test_token_noise_replaces_only_user_text_tokens(llm_data):
     import json
 
     from minivox.chat_template import ChatTemplate, train_chat_tokenizer
-    from minivox.train.llm import add_token_noise, collate, encode_dialogues, user_token_positions
+    from minivox.train.llm import add_token_noise, collate, encode_dialogues, user_token_positions, value_token_ids
 
     dialogues = [json.loads(line) for line in open(llm_data / "dialogues_train.jsonl")]
     tok = train_chat_tokenizer([m["content"] for d in dialogues for m in d["messages"] if m["content"]], 400)
     template = ChatTemplate(tok)
     ids, targets, _ = encode_dialogues(template, dialogues, 10_000)
-    positions = [user_token_positions(template, d["messages"]) for d in dialogues]
+    positions = [user_token_positions(template, x, value_token_ids(tok)) for x in ids]
     from minivox.train.llm import VALUE_WORDS
 
     for d, x, pos in zip(dialogues, ids, positions):

@@ -167,23 +167,29 @@ point half quarter plus minus times multiplied multiply divided divide over perc
 subtract sum product""".split())
 
 
-def user_token_positions(template: ChatTemplate, messages: list[dict]) -> list[int]:
-    """Positions in `template.encode_dialogue(messages)` of user-message text tokens that SFT token
-    noise may replace: not role markers, speaker tags or `<|end|>`, and none that carry a value
-    (digits, VALUE_WORDS, tokens the assistant's messages repeat)."""
-    tok = template.tokenizer
-    repeated = {i for m in messages if m["role"] == "assistant" for i in template.encode_message(m)}
-    positions, at = [], 0
-    for message in messages:
-        piece = template.encode_message(message)
-        if message["role"] == "user":
-            for i in range(1, len(piece) - 1):
-                word = tok.id_to_piece(piece[i]).lstrip("\u2581").lower()
-                if (piece[i] not in template.speaker_ids and piece[i] not in repeated
-                        and not any(c.isdigit() for c in word) and word not in VALUE_WORDS):
-                    positions.append(at + i)
-        at += len(piece)
-    return positions
+def value_token_ids(tokenizer) -> set[int]:
+    """Ids of the pieces that carry a value: any digit, or a word of VALUE_WORDS."""
+    pieces = ((i, tokenizer.id_to_piece(i).lstrip("\u2581").lower()) for i in range(tokenizer.vocab_size))
+    return {i for i, word in pieces if any(c.isdigit() for c in word) or word in VALUE_WORDS}
+
+
+def user_token_positions(template: ChatTemplate, ids: list[int], value_ids: set[int]) -> list[int]:
+    """Positions in a dialogue's ids (`template.encode_dialogue`) of user-message text tokens that
+    SFT token noise may replace: not role markers, speaker tags or `<|end|>`, and none that carry a
+    value (`value_ids`, or a token the assistant's messages repeat)."""
+    roles = set(template.role_ids.values())
+    user, assistant = template.role_ids["user"], template.role_ids["assistant"]
+    user_spans, repeated, role, start = [], set(), None, 0
+    for i, t in enumerate(ids):  # every message is <role> ... <|end|>
+        if t in roles:
+            role, start = t, i + 1
+        elif t == template.end_id:
+            if role == user:
+                user_spans.append((start, i))
+            elif role == assistant:
+                repeated.update(ids[start:i])
+    skip = repeated | value_ids | set(template.speaker_ids)
+    return [i for a, b in user_spans for i in range(a, b) if ids[i] not in skip]
 
 
 def add_token_noise(x: torch.Tensor, positions: list[list[int]], vocab: torch.Tensor, p: float,
@@ -442,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     sft_ids, sft_targets, kept = encode_dialogues(template, train_dialogues, cfg.model.max_seq_len)
     dropped = len(train_dialogues) - len(kept)
     if cfg.sft.user_token_noise > 0:  # where the noise may go, and the user-side vocabulary it draws from
-        sft_noise_at = [user_token_positions(template, train_dialogues[k]["messages"]) for k in kept]
+        value_ids = value_token_ids(tokenizer)
+        sft_noise_at = [user_token_positions(template, x, value_ids) for x in sft_ids]
         noise_vocab = torch.tensor(sorted({ids[i] for ids, pos in zip(sft_ids, sft_noise_at) for i in pos}))
     dev_ids, dev_targets, _ = encode_dialogues(template, dev_dialogues, cfg.model.max_seq_len)
     sft_batches = ResumableBatches(length_batches([len(x) for x in sft_ids], cfg.sft.batch_tokens),
