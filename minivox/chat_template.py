@@ -46,8 +46,9 @@ CALL_TOKEN = "<|call|>"  # starts the JSON list of tool calls in an assistant me
 CONTROL_SYMBOLS = (*ROLE_TOKENS.values(), END_TOKEN, CALL_TOKEN)
 MAX_SPEAKERS = 4  # the diarizer's max_num_speakers (DESIGN.md section 3)
 SPEAKER_SYMBOLS = tuple(f"<speaker_{n}>" for n in range(1, MAX_SPEAKERS + 1))
+# the prompt the demo model was trained with
 SYSTEM_PROMPT = ("You are minivox, a friendly voice assistant. Answer in one or two short spoken sentences. "
-                 "Use a tool for the time, the date, arithmetic, unit conversions, timers and word definitions.")  # the demo model was trained with it
+                 "Use a tool for the time, the date, arithmetic, unit conversions, timers and word definitions.")
 IGNORE_INDEX = -100  # cross-entropy target of tokens the model is not trained to predict
 
 
@@ -64,26 +65,25 @@ def train_chat_tokenizer(texts: Sequence[str], vocab_size: int, model_type: str 
                            character_coverage=0.9995, seed=seed)
 
 
-def spaced(value):
-    """JSON data with one space before every string value (not keys), as the model reads and writes it."""
+def _map_strings(value, f):
+    """JSON data with f applied to every string value (not to keys)."""
     if isinstance(value, str):
-        return " " + value
+        return f(value)
     if isinstance(value, list):
-        return [spaced(v) for v in value]
+        return [_map_strings(v, f) for v in value]
     if isinstance(value, dict):
-        return {k: spaced(v) for k, v in value.items()}
+        return {k: _map_strings(v, f) for k, v in value.items()}
     return value
+
+
+def spaced(value):
+    """JSON data with one space before every string value, as the model reads and writes it."""
+    return _map_strings(value, lambda s: " " + s)
 
 
 def unspaced(value):
     """`spaced` undone: one leading space off every string value (a value without one is kept)."""
-    if isinstance(value, str):
-        return value[1:] if value.startswith(" ") else value
-    if isinstance(value, list):
-        return [unspaced(v) for v in value]
-    if isinstance(value, dict):
-        return {k: unspaced(v) for k, v in value.items()}
-    return value
+    return _map_strings(value, lambda s: s[1:] if s.startswith(" ") else s)
 
 
 def format_tool_calls(calls: Sequence[dict]) -> str:

@@ -369,8 +369,8 @@ def test_sft_targets_are_assistant_tokens_only(llm_data):
     dialogues = [json.loads(line) for line in open(llm_data / "dialogues_train.jsonl")]
     tok = train_chat_tokenizer([m["content"] for d in dialogues for m in d["messages"] if m["content"]], 400)
     template = ChatTemplate(tok)
-    ids, targets, kept = encode_dialogues(template, dialogues, 10_000)
-    assert kept == list(range(len(dialogues))) and len(ids) == len(dialogues)
+    ids, targets, dropped = encode_dialogues(template, dialogues, 10_000)
+    assert dropped == 0 and len(ids) == len(dialogues)
     batches = length_batches([len(x) for x in ids], 2048)
     assert sorted(i for b in batches for i in b) == list(range(len(ids)))
     assert all(len(b) * max(len(ids[i]) for i in b) <= 2048 or len(b) == 1 for b in batches)

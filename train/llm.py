@@ -147,16 +147,17 @@ def pack_sentences(tokenizer: Tokenizer, texts: list[str], seq_len: int, end_id:
     return data.unfold(0, seq_len + 1, seq_len)  # [N, seq_len + 1]: row i starts at i * seq_len
 
 
-def encode_dialogues(template: ChatTemplate, dialogues: list[dict], max_len: int) -> tuple[list[list[int]], list[list[int]], list[int]]:
-    """(ids, targets) of every dialogue that fits `max_len` tokens, and the indices of those dialogues."""
-    ids, targets, kept = [], [], []
-    for k, d in enumerate(dialogues):
+def encode_dialogues(template: ChatTemplate, dialogues: list[dict], max_len: int) -> tuple[list[list[int]], list[list[int]], int]:
+    """(ids, targets) of every dialogue that fits `max_len` tokens; returns also how many were dropped."""
+    ids, targets, dropped = [], [], 0
+    for d in dialogues:
         x, y = template.encode_dialogue(d["messages"])
-        if len(x) <= max_len:
-            ids.append(x)
-            targets.append(y)
-            kept.append(k)
-    return ids, targets, kept
+        if len(x) > max_len:
+            dropped += 1
+            continue
+        ids.append(x)
+        targets.append(y)
+    return ids, targets, dropped
 
 
 # Words that carry a request's values: token noise never replaces them (nor digits, nor any token the
@@ -445,8 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     pre_batches = ResumableBatches([list(range(i, min(i + rows_per_batch, len(pre_rows))))
                                     for i in range(0, len(pre_rows) - rows_per_batch + 1, rows_per_batch)],
                                    seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
-    sft_ids, sft_targets, kept = encode_dialogues(template, train_dialogues, cfg.model.max_seq_len)
-    dropped = len(train_dialogues) - len(kept)
+    sft_ids, sft_targets, dropped = encode_dialogues(template, train_dialogues, cfg.model.max_seq_len)
     if cfg.sft.user_token_noise > 0:  # where the noise may go, and the user-side vocabulary it draws from
         value_ids = value_token_ids(tokenizer)
         sft_noise_at = [user_token_positions(template, x, value_ids) for x in sft_ids]
