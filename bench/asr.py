@@ -26,6 +26,8 @@ Prints two markdown tables.
    `<EOU>` result counts as a detection at its `audio_time`, scored against the end of speech
    (duration - trail_silence) by minivox.metrics.eou_metrics (precision, recall, latency
    p50/p90); backchannel rows are scored apart (how often they end in `<EOB>` and never `<EOU>`).
+   --eou-threshold P adds rows for the transcriber ending utterances where `<EOU>` reaches
+   probability P rather than where it is the likeliest output (the agent's setting).
 
        .venv/bin/python bench/asr.py --skip-encoder --checkpoint minivox/pretrained/asr_demo.pt \
            --eval data/asr/test.jsonl --pocketsphinx --beam 4
@@ -238,12 +240,12 @@ def pocketsphinx_wer(rows: list[dict]) -> float:
     return word_error_rate([r["text"] for r in rows], hyps).rate
 
 
-def eval_eou(model, rows: list[dict]) -> dict:
+def eval_eou(model, rows: list[dict], eou_threshold: float | None = None) -> dict:
     """Stream each utterance (+ EOU_TAIL_S of silence) -> EOU precision/recall/latency, EOB accuracy."""
     from minivox.asr import StreamingTranscriber
     from minivox.metrics import eou_metrics
 
-    transcriber = StreamingTranscriber(model)
+    transcriber = StreamingTranscriber(model, eou_threshold=eou_threshold)
     step = 1280  # 80 ms
     ends, detections, backchannel_ok, backchannels = [], [], 0, 0
     tail = np.zeros(int(EOU_TAIL_S * 16000), np.float32)
@@ -284,6 +286,9 @@ def main(argv=None) -> int:
                         help="also score pocketsphinx (pip install pocketsphinx) on the same rows, for scale")
     parser.add_argument("--beam", type=int, default=4, help="beam size of the beam-search WER (default 4)")
     parser.add_argument("--eval-threads", type=int, default=2, help="threads for the offline WER decoding")
+    parser.add_argument("--eou-threshold", action="append", default=[], type=float, metavar="P",
+                        help="also score EOU detection with StreamingTranscriber(eou_threshold=P), an <EOU> "
+                             "wherever its probability reaches P (repeatable; e.g. 0.1 0.2)")
     parser.add_argument("--att-context", action="append", default=[], metavar="LEFT,RIGHT",
                         help="stream and score with this attention context (repeatable; default: the checkpoint's), "
                              "e.g. --att-context 70,1 --att-context 70,0 for a multi-look-ahead model")
@@ -347,18 +352,21 @@ def main(argv=None) -> int:
             rows = load()
             torch.set_num_threads(args.eval_threads)
             greedy, beam = eval_wer(model, rows, 1), eval_wer(model, rows, args.beam)
-            eou_cells = "- | - | -"
+            eou_cells = {None: "- | - | -"}
             if rows and "trail_silence" in rows[0]:
                 torch.set_num_threads(1)
                 chosen = rows if not 0 < args.eou_limit < len(rows) else \
                     [rows[k * len(rows) // args.eou_limit] for k in range(args.eou_limit)]
-                e = eval_eou(model, chosen)
-                score = e["eou"]
-                eou_cells = (f"{score.precision:.3f} / {score.recall:.3f} ({score.num_utterances}) | "
-                             f"{score.latency_p50 * 1e3:.0f} / {score.latency_p90 * 1e3:.0f} ms | "
-                             f"{e['eob_accuracy']:.2f} ({e['backchannels']})")
-            print(f"| {name} | {list(context)} | {len(rows)} | {100 * greedy:.2f}% | {100 * beam:.2f}% | {eou_cells} |",
-                  flush=True)
+                for threshold in [None, *args.eou_threshold]:
+                    e = eval_eou(model, chosen, threshold)
+                    score = e["eou"]
+                    eou_cells[threshold] = (f"{score.precision:.3f} / {score.recall:.3f} ({score.num_utterances}) | "
+                                            f"{score.latency_p50 * 1e3:.0f} / {score.latency_p90 * 1e3:.0f} ms | "
+                                            f"{e['eob_accuracy']:.2f} ({e['backchannels']})")
+            for threshold, cells in eou_cells.items():  # WER does not depend on the EOU threshold
+                how = "" if threshold is None else f", <EOU> p >= {threshold:g}"
+                print(f"| {name} | {list(context)}{how} | {len(rows)} | {100 * greedy:.2f}% | {100 * beam:.2f}% "
+                      f"| {cells} |", flush=True)
             if args.peer_pocketsphinx and context == contexts[0]:
                 peers.append((name, len(rows), greedy, beam, pocketsphinx_wer(rows)))
         if peers:

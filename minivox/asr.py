@@ -519,7 +519,7 @@ class StreamingTranscriber:
 
     def __init__(self, model: Transducer, tokenizer: Tokenizer | None = None, *,
                  chunk_frames: int | None = None, max_symbols_per_step: int = MAX_SYMBOLS_PER_STEP,
-                 silence_reset_s: float | None = SILENCE_RESET_S):
+                 silence_reset_s: float | None = SILENCE_RESET_S, eou_threshold: float | None = None):
         """
         Args:
             model: the transducer (put in eval mode here).
@@ -528,6 +528,10 @@ class StreamingTranscriber:
                 (default: one chunk, right + 1 frames); larger is cheaper per second, later.
             max_symbols_per_step: greedy search's limit of tokens per frame.
             silence_reset_s: end the utterance after this many seconds without a token (None: never).
+            eou_threshold: end the utterance at the first frame where `<EOU>` has at least this
+                probability (None: only where it is the most likely output, plain greedy). The
+                model grows sure of an end over ~100-200 ms of silence; a threshold ends turns
+                sooner at some risk of ending one in a pause (README: the agent's latency).
         """
         self.model = model.eval()
         if tokenizer is not None:
@@ -546,6 +550,9 @@ class StreamingTranscriber:
         self.silence_frames = model._silence_frames(silence_reset_s)
         ids = model.special_ids()
         self.eou_id, self.eob_id = ids.get(EOU), ids.get(EOB)
+        if eou_threshold is not None and not 0 < eou_threshold <= 1:
+            raise ValueError(f"eou_threshold must be a probability in (0, 1], got {eou_threshold!r}")
+        self.emit_thresholds = {self.eou_id: eou_threshold} if eou_threshold and self.eou_id is not None else {}
         self.special = {i for i in (self.eou_id, self.eob_id) if i is not None}
         # Probabilities reported per result; a symbol the tokenizer lacks reads the blank's column (unused).
         self.track_ids = [i if i is not None else model.blank_id for i in (self.eou_id, self.eob_id)]
@@ -622,7 +629,8 @@ class StreamingTranscriber:
                 self.model.decoder, self.model.joint, enc, torch.tensor([enc.shape[1]], device=enc.device),
                 self.max_symbols_per_step,
                 state=st.decoder, reset_ids=self.model._reset_ids(),
-                reset_after_blank_frames=self.silence_frames, track_ids=self.track_ids)
+                reset_after_blank_frames=self.silence_frames, track_ids=self.track_ids,
+                emit_thresholds=self.emit_thresholds)
             chunk_results = self._results(first_frame)
             if chunk_results:
                 chunk_results[-1].processing_time = time.perf_counter() - started

@@ -18,7 +18,8 @@ J joint width, V vocabulary (without blank), A active hypotheses of a beam.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -117,6 +118,7 @@ def greedy_batch(
     reset_ids: Sequence[int] = (),
     reset_after_blank_frames: int | None = None,
     track_ids: Sequence[int] = (),
+    emit_thresholds: Mapping[int, float] | None = None,
 ) -> GreedyState:
     """Greedy RNN-T search over a batch: at each frame emit the most likely output until it is
     blank or `max_symbols_per_step` tokens were emitted there (NeMo's greedy_batch).
@@ -131,6 +133,9 @@ def greedy_batch(
         reset_after_blank_frames: also restart a row once this many frames passed without a
             token after its last one (a silence; None: never). Restarts are listed in `state.restarts`.
         track_ids: tokens whose softmax probability is recorded in `state.token_probs`.
+        emit_thresholds: {token: p}: where blank is the most likely output but `token` has
+            probability >= p, emit `token` instead (e.g. {<EOU>: 0.1}: end utterances as soon as
+            the model begins to expect the end, rather than when it is sure).
     Returns:
         The state after these frames (the same object when one was passed); `state.hyps[b]`
         is row b's hypothesis so far.
@@ -140,6 +145,8 @@ def greedy_batch(
                          f"{tuple(enc.shape)} and {tuple(enc_lengths.shape)}")
     if max_symbols_per_step < 1:
         raise ValueError(f"max_symbols_per_step must be >= 1, got {max_symbols_per_step}")
+    if any(not 0 < p <= 1 for p in (emit_thresholds or {}).values()):
+        raise ValueError(f"emit_thresholds: probabilities must be in (0, 1], got {dict(emit_thresholds)}")
     B, T, _ = enc.shape
     device = enc.device
     if state is None:
@@ -149,6 +156,9 @@ def greedy_batch(
     reset_table[list(reset_ids)] = True
     track = torch.tensor(list(track_ids), dtype=torch.long, device=device)  # [n]
     token_probs = torch.zeros(B, T, len(track), device=device)
+    thresholds = sorted((emit_thresholds or {}).items())
+    forced = torch.tensor([tok for tok, _ in thresholds], dtype=torch.long, device=device)  # [m]
+    min_log_probs = torch.tensor([math.log(p) for _, p in thresholds], device=device)  # [m]
     score = torch.zeros(B, device=device)  # [B] log-probability added by this call
     f = joint.project_encoder(enc)  # [B, T, J]
     for t in range(T):
@@ -161,6 +171,11 @@ def greedy_batch(
                 token_probs[:, t] = torch.where(searching[:, None], torch.maximum(token_probs[:, t], probs),
                                                 token_probs[:, t])
             best_lp, best = log_probs.max(-1)  # [B], [B]
+            if len(forced):  # a thresholded token that passes its threshold replaces blank (the likeliest passing one)
+                lp = torch.where(log_probs[:, forced] >= min_log_probs, log_probs[:, forced], -math.inf)  # [B, m]
+                alt_lp, alt = lp.max(-1)
+                take = (best == blank) & (alt_lp > -math.inf)
+                best_lp, best = torch.where(take, alt_lp, best_lp), torch.where(take, forced[alt], best)
             score = score + torch.where(searching, best_lp, 0.0)
             emit = searching & (best != blank)  # [B]
             if not bool(emit.any()):
@@ -196,7 +211,8 @@ def greedy_batch(
     return state
 
 
-def greedy_reference(decoder, joint, enc: torch.Tensor, max_symbols_per_step: int = 10) -> Hypothesis:
+def greedy_reference(decoder, joint, enc: torch.Tensor, max_symbols_per_step: int = 10,
+                     emit_thresholds: Mapping[int, float] | None = None) -> Hypothesis:
     """Readable single-utterance greedy search (enc [T, D]), the test reference for `greedy_batch`."""
     blank = joint.blank_id
     hyp = Hypothesis()
@@ -208,6 +224,10 @@ def greedy_reference(decoder, joint, enc: torch.Tensor, max_symbols_per_step: in
                 logits = joint.joint_after_projection(joint.project_encoder(enc[t]), joint.project_prednet(out[0]))
                 log_probs = logits.log_softmax(-1)  # [V + 1]
                 k = int(log_probs.argmax())
+                if k == blank:  # a token at or above its threshold replaces blank: the likeliest such
+                    passing = [(float(log_probs[tok]), tok) for tok, p in (emit_thresholds or {}).items()
+                               if float(log_probs[tok]) >= math.log(p)]
+                    k = max(passing)[1] if passing else k
                 hyp.score += float(log_probs[k])
                 if k == blank:
                     break

@@ -85,8 +85,14 @@ class PipelineConfig:
     max_out_messages: int = 600  # messages waiting for a slow client (~60 s of audio) before the session is dropped
     max_in_chunks: int = 100  # received audio frames waiting for the ASR (~2 s) before reading pauses
     silence_reset_s: float = 2.0  # the ASR ends an utterance after this long without a token
+    eou_threshold: float = 0.0  # > 0: the ASR ends an utterance where <EOU> reaches this probability, not only
+    #   where it is the likeliest output; sooner, but more turns cut in a pause (README: EOU thresholds). 0 = off
     early_reply: bool = True  # start the reply before the turn is over (serve/early_reply.py); kept if the words stay
     early_reply_eou_prob: float = 0.02  # ... once an ASR step brings no new words and <EOU> is at least this likely
+
+    def __post_init__(self):
+        if not 0 <= self.eou_threshold <= 1:
+            raise ValueError(f"pipeline.eou_threshold must be a probability (0 = off), got {self.eou_threshold!r}")
 
 
 class SpeakerTracker(Protocol):
@@ -209,7 +215,8 @@ class Session:
         self.id = session_id or uuid.uuid4().hex[:12]
         self.stream = proto.ClientStream()
         self.transcriber = models.transcriber() if models.transcriber else \
-            StreamingTranscriber(models.asr, silence_reset_s=config.silence_reset_s)
+            StreamingTranscriber(models.asr, silence_reset_s=config.silence_reset_s,
+                                 eou_threshold=config.eou_threshold or None)
         self.vad = VAD(config.vad)
         self.turns = TurnTaker(config.turns)
         tools = models.tools() if models.tools else None

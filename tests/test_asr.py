@@ -390,15 +390,17 @@ def utterances(results):
     return done + ([current] if current else [])
 
 
-def offline_utterances(model, audio, silence_reset_s):
+def offline_utterances(model, audio, silence_reset_s, emit_thresholds=None):
     """Offline greedy decoding (as `transcribe`), cut where the prediction net restarted.
 
     Returns (utterance texts, all tokens, token counts at the restarts)."""
     enc, lengths = model.encode_audio(audio)
     state = greedy_batch(model.decoder, model.joint, enc, lengths, reset_ids=list(model.special_ids().values()),
-                         reset_after_blank_frames=model._silence_frames(silence_reset_s))
+                         reset_after_blank_frames=model._silence_frames(silence_reset_s),
+                         emit_thresholds=emit_thresholds)
     tokens = state.hyps[0].y_sequence
-    assert tokens == model.transcribe(audio, silence_reset_s=silence_reset_s)[0].y_sequence
+    if not emit_thresholds:
+        assert tokens == model.transcribe(audio, silence_reset_s=silence_reset_s)[0].y_sequence
     cuts = [0] + [n for n, _ in state.restarts[0]] + [len(tokens)]
     special = set(model.special_ids().values())
     texts = [model.tokenizer.decode([t for t in tokens[a:b] if t not in special]) for a, b in zip(cuts, cuts[1:])]
@@ -444,6 +446,23 @@ def test_streaming_results_do_not_depend_on_chunk_sizes(eou_model, sizes):
     audio = noise(4.0, seed=5)
     reference = collect(StreamingTranscriber(eou_model), audio, [1280])  # 80 ms chunks
     same_results(collect(StreamingTranscriber(eou_model), audio, sizes), reference)
+
+
+def test_eou_threshold_ends_utterances_where_eou_reaches_it(eou_model, tokenizer):
+    """StreamingTranscriber(eou_threshold=p) streams what offline greedy search with
+    emit_thresholds={<EOU>: p} decodes, in any chunking, and ends more utterances with <EOU>."""
+    audio = noise(6.0)
+    eou = tokenizer.piece_to_id(EOU)
+    plain = collect(StreamingTranscriber(eou_model), audio, [1280])
+    expected, tokens, _ = offline_utterances(eou_model, audio, SILENCE_RESET_S, emit_thresholds={eou: 0.05})
+    for sizes in ([1280], [500, 3000, 77]):
+        results = collect(StreamingTranscriber(eou_model, eou_threshold=0.05), audio, sizes)
+        assert utterances(results) == expected
+    eou_finals = lambda rs: sum(r.is_final and r.eou_latency is not None for r in rs)  # noqa: E731
+    assert eou_finals(results) > eou_finals(plain)
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="eou_threshold"):
+            StreamingTranscriber(eou_model, eou_threshold=bad)
 
 
 def test_streaming_results_shape(eou_model):

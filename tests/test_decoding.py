@@ -58,6 +58,27 @@ def test_greedy_batch_equals_reference_per_utterance(max_symbols):
     assert emitted > 5, "the random model should emit tokens for this test to mean something"
 
 
+@pytest.mark.parametrize("threshold", [0.05, 0.2])
+def test_emit_thresholds_replace_blank_as_the_reference_does(threshold):
+    """A thresholded token is emitted wherever blank wins but the token reaches its threshold:
+    the batched search agrees with the readable reference, and the token comes more often."""
+    decoder, joint = random_transducer(V=6, seed=5, blank_bias=1.0)
+    torch.manual_seed(6)
+    enc = torch.randn(3, 25, D)
+    lengths = torch.tensor([25, 17, 8])
+    eou = 1
+    plain = greedy_batch(decoder, joint, enc, lengths, 2).hyps
+    forced = greedy_batch(decoder, joint, enc, lengths, 2, emit_thresholds={eou: threshold}).hyps
+    for b in range(3):
+        same_hyp(forced[b], greedy_reference(decoder, joint, enc[b, :lengths[b]], 2, emit_thresholds={eou: threshold}))
+    count = lambda hyps: sum(h.y_sequence.count(eou) for h in hyps)  # noqa: E731
+    assert count(forced) > count(plain)
+    assert greedy_batch(decoder, joint, enc, lengths, 2, emit_thresholds={eou: 1.0}).hyps[0].y_sequence == \
+        plain[0].y_sequence  # probability 1 is never reached
+    with pytest.raises(ValueError, match="emit_thresholds"):
+        greedy_batch(decoder, joint, enc, lengths, 2, emit_thresholds={eou: 0.0})
+
+
 @settings(max_examples=20, deadline=None)
 @given(cuts=st.lists(st.integers(0, 20), min_size=0, max_size=4), seed=st.integers(0, 3))
 def test_greedy_in_pieces_equals_greedy_at_once(cuts, seed):

@@ -280,6 +280,25 @@ def test_models_stream_the_asr_with_the_configured_att_context():
         Models.load(ModelPaths(asr_att_context=[70, -1]))
 
 
+def test_sessions_decode_with_the_configured_eou_threshold(base_models):
+    """pipeline.eou_threshold reaches each session's transcriber (0 = plain greedy); a value that
+    is not a probability is refused with the setting's name."""
+    from minivox.asr import EOU, Transducer
+    from minivox.pretrained import PRETRAINED_DIR
+
+    asr = Transducer.from_checkpoint(PRETRAINED_DIR / "asr_demo.pt")
+    models = Models(asr, base_models.tts, base_models.backend, tools=base_models.tools)
+
+    async def send(message):
+        pass
+
+    eou = asr.special_ids()[EOU]
+    assert Session(models, PipelineConfig(eou_threshold=0.2), send).transcriber.emit_thresholds == {eou: 0.2}
+    assert Session(models, PipelineConfig(), send).transcriber.emit_thresholds == {}
+    with pytest.raises(ValueError, match="pipeline.eou_threshold"):
+        PipelineConfig(eou_threshold=1.5)
+
+
 class RecordingBackend:
     """Wraps a backend and records the user messages of every request it gets."""
 
