@@ -13,7 +13,9 @@ never trained on).
     latency      per turn: end of the user's speech in the sent audio (the agent's VAD run over
                  the file) -> arrival of the turn's first reply audio at the client; p50/p90 over
                  --turns answered turns, one session per turn (questions that got no reply are
-                 listed with what the recogniser heard, and more are asked, up to 2 x --turns).
+                 listed with what the recogniser heard, and more are asked, up to 2 x --turns;
+                 a reply that starts before the question is over, a turn ended in a pause, is
+                 counted apart and the latency is that of the next reply, if any).
                  Beside it the server's own breakdown
                  (medians): speech end -> turn declared over, -> first LLM text, -> first TTS audio,
                  and how many turns kept an early reply (serve/early_reply.py; ~0 ms to first text).
@@ -64,13 +66,20 @@ def start_server(port: int, extra: list[str]) -> subprocess.Popen:
     raise SystemExit(f"the agent did not start: {' '.join(cmd)}")
 
 
-def spoken_questions(voice: str = "minivox") -> list[np.ndarray]:
-    """Each question at 16 kHz mono, with 0.5 s of silence before it, spoken by minivox's demo TTS or
-    by a speech-engine voice of minivox.data.voices ("pico:en-GB", "flite:rms", ...)."""
+def spoken_questions(voice: str = "minivox") -> list[tuple[str, np.ndarray]]:
+    """(text, audio) of each question, the audio at 16 kHz mono, with 0.5 s of silence before it, spoken by minivox's demo TTS or
+    by a speech-engine voice of minivox.data.voices ("pico:en-GB", "flite:rms", ...); or, for
+    "recorded", the 11 real recordings of bench/realspeech.py instead of QUESTIONS (people reading
+    cards and a novel: not questions, but real voices, which the speech engines are not)."""
     import torch
 
     from minivox.audio import resample
 
+    if voice == "recorded":
+        from realspeech import pocketsphinx_rows
+
+        return [(r["text"], np.concatenate([np.zeros(8000, np.float32), np.asarray(r["pcm"], np.float32)]))
+                for r in pocketsphinx_rows()]
     if voice == "minivox":
         from minivox.tts import TTS
 
@@ -87,38 +96,39 @@ def spoken_questions(voice: str = "minivox") -> list[np.ndarray]:
     for q in QUESTIONS:
         audio, rate = speak(q)
         audio16 = np.asarray(resample(audio, rate, 16000), dtype=np.float32)
-        out.append(np.concatenate([np.zeros(8000, np.float32), audio16]))
+        out.append((q, np.concatenate([np.zeros(8000, np.float32), audio16])))
     return out
 
 
-async def latency(url: str, questions: list[np.ndarray], turns: int) -> dict:
+async def latency(url: str, questions: list[tuple[str, np.ndarray]], turns: int) -> dict:
     from minivox.serve.client import run_client
 
-    rows, missed, asked = [], [], 0
+    rows, missed, asked, cut_in = [], [], 0, 0
     while len(rows) < turns and asked < 2 * turns:  # ask until `turns` replies came (a turn can go unanswered)
         k = asked % len(questions)
-        result = await run_client(url, questions[k], 16000, realtime=True, tail_s=12)
+        result = await run_client(url, questions[k][1], 16000, realtime=True, tail_s=12)
         asked += 1
-        turn = result.turns[0] if result.turns else None
+        cut_in += any(t.premature for t in result.turns)  # a turn ended in a pause: a reply to part of the question
+        turn = next((t for t in result.turns if not t.premature), None)
         if turn is None or turn.latency_ms is None:
-            missed.append(f"{QUESTIONS[k]!r} heard as {turn.heard if turn else ''!r}")
+            missed.append(f"{questions[k][0]!r} heard as {turn.heard if turn else ''!r}")
         else:
             rows.append((turn.latency_ms, turn.server_metrics or {}))
     measured = [r[0] for r in rows]
     server = lambda key: statistics.median([m[key] for _, m in rows if m.get(key) is not None] or [float("nan")])  # noqa: E731
-    return {"turns": len(measured), "asked": asked, "missed": missed,
+    return {"turns": len(measured), "asked": asked, "missed": missed, "cut_in": cut_in,
             "p50": percentile(measured, 50), "p90": percentile(measured, 90),
             "turn_detect": server("turn_detect_ms"), "llm_first": server("llm_first_text_ms"),
             "tts_first": server("tts_first_audio_ms"), "early": sum(1 for _, m in rows if m.get("early_reply"))}
 
 
-async def concurrent(url: str, questions: list[np.ndarray], n: int) -> dict:
+async def concurrent(url: str, questions: list[tuple[str, np.ndarray]], n: int) -> dict:
     from minivox.serve.client import run_client
 
     gap = np.zeros(16000 * 4, np.float32)
 
     async def one(i: int):
-        a, b = questions[i % len(questions)], questions[(i + 7) % len(questions)]
+        a, b = questions[i % len(questions)][1], questions[(i + 7) % len(questions)][1]
         await asyncio.sleep(0.37 * i)  # stagger the starts a little, as real users would
         return await run_client(url, np.concatenate([a, gap, b]), 16000, realtime=True, tail_s=15)
 
@@ -135,8 +145,9 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=20, help="turns for the latency figures (default 20)")
     parser.add_argument("--sessions", default="1,2,4,6", help="concurrent-session counts to try (default 1,2,4,6; '' skips the table)")
     parser.add_argument("--voice", default="minivox",
-                        help="who asks: minivox (its demo TTS, default) or an engine voice such as pico:en-GB, "
-                             "flite:rms (`minivox data voices` lists them)")
+                        help="who asks: minivox (its demo TTS, default), an engine voice such as pico:en-GB, "
+                             "flite:rms (`minivox data voices` lists them), or recorded (real speech: the "
+                             "pocketsphinx test recordings)")
     parser.add_argument("--port", type=int, default=8791)
     parser.add_argument("server_args", nargs="*", help="extra arguments for `python -m minivox.serve demo`")
     args = parser.parse_args()
@@ -159,6 +170,9 @@ def main() -> int:
           f"real-time input), questions spoken by {args.voice}, {os.cpu_count()} CPU cores")
     for line in lat["missed"]:
         print(f"  no reply: {line}")
+    if lat["cut_in"]:
+        print(f"  {lat['cut_in']} of {lat['asked']} questions had a reply start before they were over (a turn "
+              "ended in a pause); their latency is that of the reply after the end")
     print()
     print("| p50 | p90 | server: speech end -> turn end | turn end -> first LLM text | LLM text -> first TTS audio "
           "| early replies kept |")

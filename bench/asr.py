@@ -24,7 +24,9 @@ Prints two markdown tables.
    manifests with `trail_silence` (the synthesised corpora), end-of-utterance detection by the
    streaming transcriber: each utterance streamed with EOU_TAIL_S of silence appended, an
    `<EOU>` result counts as a detection at its `audio_time`, scored against the end of speech
-   (duration - trail_silence) by minivox.metrics.eou_metrics (precision, recall, latency
+   (`speech_end`: the envelope's last frame within 35 dB of the loudest, not the corpus's
+   duration - trail_silence, which includes the engines' own trailing near-silence) by
+   minivox.metrics.eou_metrics (precision, recall, latency
    p50/p90); backchannel rows are scored apart (how often they end in `<EOB>` and never `<EOU>`).
    --eou-threshold P adds rows for the transcriber ending utterances where `<EOU>` reaches
    probability P rather than where it is the likeliest output (the agent's setting).
@@ -55,6 +57,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from realspeech import pocketsphinx_rows  # bench/realspeech.py (this script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, SECONDS = 16, 5.0  # DESIGN §9's training batch: 16 utterances x 5 s
@@ -178,30 +181,6 @@ def bench_streaming(model, audio: np.ndarray, chunk_ms: int = 80) -> dict:
 
 EOU_TAIL_S = 2.0  # silence appended to each utterance when scoring EOU detection (the model's pause to decide)
 EOU_MAX_LATENCY_S = 2.0  # a detection later than this after the end of speech is late (a miss)
-POCKETSPHINX_DATA = Path("/usr/share/pocketsphinx/test/data")
-GOFORWARD_TEXT = "go forward ten meters"  # pocketsphinx's own test transcript for goforward.raw
-
-
-def pocketsphinx_rows(root: Path = POCKETSPHINX_DATA) -> list[dict]:
-    """Debian pocketsphinx-testdata's recordings with transcripts, as manifest rows (audio loaded: `pcm`)."""
-    import re
-
-    from minivox.audio import read_wav
-
-    if not root.is_dir():
-        raise SystemExit(f"{root} is missing: apt install pocketsphinx-testdata")
-    rows = []
-    for folder, transcripts in (("cards", "cards.transcription"), ("librivox", "transcription")):
-        for line in (root / folder / transcripts).read_text().splitlines():
-            match = re.match(r"<s>(.*)</s>\s*\((.+)\)", line.strip())
-            if match:
-                path = root / folder / f"{match.group(2)}.wav"
-                pcm, rate = read_wav(path, mono=True)
-                assert rate == 16000, (path, rate)
-                rows.append({"audio_filepath": str(path), "text": " ".join(match.group(1).split()), "pcm": pcm})
-    raw = np.frombuffer((root / "goforward.raw").read_bytes(), dtype="<i2").astype(np.float32) / 32768  # 16 kHz PCM16
-    rows.append({"audio_filepath": str(root / "goforward.raw"), "text": GOFORWARD_TEXT, "pcm": raw})
-    return rows
 
 
 def manifest_rows(path: str, limit: int) -> list[dict]:
@@ -240,6 +219,21 @@ def pocketsphinx_wer(rows: list[dict]) -> float:
     return word_error_rate([r["text"] for r in rows], hyps).rate
 
 
+def speech_end(row: dict) -> float:
+    """When a corpus row's speech ends (s): its last 10 ms frame within 35 dB of the loudest
+    (minivox.audio.speech_bounds), never after `duration - trail_silence` (where the corpus appended silence). The speech
+    engines end their output with up to ~0.5 s of near-silence of their own (dev: 34 ms median,
+    200 ms p90), which `duration - trail_silence` counts as speech. Rows with added noise, where
+    the envelope cannot tell, keep the corpus's end."""
+    corpus_end = row["duration"] - row["trail_silence"]
+    if row.get("noise", "none") != "none":
+        return corpus_end
+    from minivox.audio import speech_bounds
+
+    bounds = speech_bounds(row["pcm"], 16000)
+    return min(corpus_end, bounds[1]) if bounds else corpus_end
+
+
 def eval_eou(model, rows: list[dict], eou_threshold: float | None = None) -> dict:
     """Stream each utterance (+ EOU_TAIL_S of silence) -> EOU precision/recall/latency, EOB accuracy."""
     from minivox.asr import StreamingTranscriber
@@ -258,7 +252,7 @@ def eval_eou(model, rows: list[dict], eou_threshold: float | None = None) -> dic
             backchannels += 1
             backchannel_ok += not eou and any(x.eob_latency is not None for x in results)
         else:
-            ends.append(r["duration"] - r["trail_silence"])
+            ends.append(speech_end(r))
             detections.append(eou)
     scores = eou_metrics(ends, detections, max_latency=EOU_MAX_LATENCY_S)
     return {"eou": scores, "backchannels": backchannels,

@@ -31,7 +31,7 @@ from torch import nn
 
 __all__ = [
     "read_wav", "write_wav", "resample", "Resampler", "hz_to_mel", "mel_to_hz", "mel_filterbank",
-    "FeatureConfig", "ASR_FEATURES", "TTS_FEATURES", "LogMel", "StreamingFeatureBufferer",
+    "FeatureConfig", "ASR_FEATURES", "TTS_FEATURES", "LogMel", "StreamingFeatureBufferer", "speech_bounds",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -332,6 +332,19 @@ def resample(x, orig_sr: int, new_sr: int):
     stream = Resampler(orig_sr, new_sr)
     head, tail = stream.process(x), stream.flush()
     return np.concatenate([head, tail], axis=-1) if isinstance(head, np.ndarray) else torch.cat([head, tail], -1)
+
+
+def speech_bounds(x: np.ndarray, sample_rate: int, within_db: float = 35.0) -> tuple[float, float] | None:
+    """(start, end) in s of the speech in a clean recording x [S]: the first and last 10 ms frame
+    whose mean power is within `within_db` of the loudest frame's (None if x is digital silence).
+    A reference for end-of-speech times (VAD and EOU scoring); noise within the range defeats it."""
+    hop = sample_rate // 100
+    frames = np.asarray(x, dtype=np.float64)[:len(x) // hop * hop].reshape(-1, hop)  # [N, hop]
+    if frames.size == 0 or not frames.any():
+        return None
+    energy_db = 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-20)
+    loud = np.nonzero(energy_db >= energy_db.max() - within_db)[0]
+    return loud[0] * hop / sample_rate, (loud[-1] + 1) * hop / sample_rate
 
 
 # ----------------------------------------------------------------------------------------------

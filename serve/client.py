@@ -39,6 +39,7 @@ class Turn:
     audio_samples: int = 0
     interrupted: bool = False
     latency_ms: float | None = None  # end of user speech -> first audio
+    premature: bool = False  # its first audio came before the file's speech was over (a reply to part of it)
     server_metrics: dict | None = None
 
 
@@ -160,6 +161,7 @@ async def run_client(url: str, audio: np.ndarray, rate: int, realtime: bool = Tr
         if turn.first_audio is None:
             continue
         ended = [sent_at[min(int(e * 1000 / FRAME_MS), len(sent_at) - 1)] for e in ends]
+        turn.premature = bool(ended) and realtime and turn.first_audio < ended[-1]
         ended = [t for t in ended if t <= turn.first_audio]
         if ended and realtime:
             turn.latency_ms = round((turn.first_audio - max(ended)) * 1000, 1)

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from minivox.audio import (
     ASR_FEATURES, KAISER_BETA, TTS_FEATURES, FeatureConfig, LogMel, Resampler, StreamingFeatureBufferer,
-    hz_to_mel, mel_filterbank, mel_to_hz, read_wav, resample, write_wav,
+    hz_to_mel, mel_filterbank, mel_to_hz, read_wav, resample, speech_bounds, write_wav,
 )
 
 RATES = [8000, 16000, 22050, 24000, 32000, 44100, 48000]
@@ -545,3 +545,17 @@ def test_streaming_features_reset_and_one_sample_pushes():
     assert first == cfg.win_length - cfg.win_length // 2 - 1, first
     torch.testing.assert_close(got, LogMel(cfg)(x[None])[0][0], atol=1e-4, rtol=0)
     assert stream.flush().shape == (80, 0)  # flush reset the stream: nothing left
+
+
+def test_speech_bounds_finds_the_loud_stretch_of_a_clean_recording():
+    """A tone burst between quiet stretches: the bounds are its first and last 10 ms frames; a tail
+    40 dB down is not speech, one 30 dB down is; digital silence has no speech."""
+    sr = 16000
+    t = np.arange(int(0.5 * sr)) / sr
+    burst = 0.3 * np.sin(2 * np.pi * 220 * t)
+    quiet = lambda seconds, db: 0.3 * 10 ** (db / 20) * np.sin(2 * np.pi * 220 * np.arange(int(seconds * sr)) / sr)  # noqa: E731
+    x = np.concatenate([np.zeros(int(0.3 * sr)), burst, quiet(0.2, -40), np.zeros(int(0.4 * sr))])
+    assert speech_bounds(x, sr) == pytest.approx((0.3, 0.8))
+    x = np.concatenate([np.zeros(int(0.3 * sr)), burst, quiet(0.2, -30), np.zeros(int(0.4 * sr))])
+    assert speech_bounds(x, sr) == pytest.approx((0.3, 1.0))
+    assert speech_bounds(np.zeros(sr), sr) is None

@@ -338,6 +338,9 @@ def test_an_early_reply_is_kept_when_the_words_stay_and_its_context_carries_on(b
     assert not result.errors, result.errors
     assert [words(t.heard) for t in result.turns] == [["what", "time"], ["good", "night"]]
     assert all(t.said and t.audio_samples > 0 for t in result.turns)
+    # The client marks a reply that began before the file's speech was over (bench/agent.py counts
+    # those apart): here the first turn's, which came in the gap before the second question.
+    assert [t.premature for t in result.turns] == [True, False]
     assert [t.server_metrics["early_reply"] for t in result.turns] == [True, True]
     for turn in result.turns:  # every sentence's whole speech arrived (the first one made by the draft)
         spoken = sum(len(models.tts.synthesize(sentence)[0]) for sentence in turn.said)

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minivox.audio import read_wav, resample
+from minivox.audio import read_wav, resample, speech_bounds
 from minivox.serve.vad import SPEECH_BAND_HZ, VAD, VADConfig, VADEvent, frame_features
 
 SR = 16000
@@ -93,10 +93,8 @@ def _place(clean: np.ndarray, noise: str | None, snr_db: float, seed: int = 0) -
 
 def _true_bounds(clean: np.ndarray) -> tuple[float, float]:
     """(start, end) s in the placed signal: first / last 10 ms frame within TRUTH_DB of the loudest."""
-    frames = clean[:clean.size // 160 * 160].reshape(-1, 160)  # [N, 160]
-    energy_db = 10 * np.log10(np.mean(frames ** 2, axis=1) + 1e-20)
-    loud = np.nonzero(energy_db >= energy_db.max() - TRUTH_DB)[0]
-    return LEAD_S + loud[0] * 0.01, LEAD_S + (loud[-1] + 1) * 0.01
+    start, end = speech_bounds(clean, SR, TRUTH_DB)
+    return LEAD_S + start, LEAD_S + end
 
 
 def _kinds(events: list[VADEvent]) -> list[str]:
