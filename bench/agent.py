@@ -8,7 +8,8 @@ The agent runs as its own process (`python -m minivox.serve demo`, so the client
 share its interpreter); the clients are serve/client.py's `run_client`, streaming in real time
 (20 ms frames paced by the clock) as a microphone would. Questions (QUESTIONS below) are spoken by
 minivox's demo voice, or with --voice by a speech-engine voice (e.g. pico:en-GB, one the demo ASR
-never trained on).
+never trained on); --voice recorded streams real people instead (bench/realspeech.py: the 11
+pocketsphinx test recordings, read cards and a novel).
 
     latency      per turn: end of the user's speech in the sent audio (the agent's VAD run over
                  the file) -> arrival of the turn's first reply audio at the client; p50/p90 over
