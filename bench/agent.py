@@ -1,6 +1,7 @@
 """Benchmark: the voice agent's voice-to-voice latency and how many sessions stay real time.
 
-Usage (from the repository root; the bundled demo models, or --asr/--llm/... checkpoints):
+Usage (from the repository root; the bundled demo models, or others given to the server after `--`,
+e.g. `-- 'models.asr=PATH'`):
 
     .venv/bin/python bench/agent.py [--turns 20] [--sessions 1,2,4,6]
 

@@ -338,15 +338,15 @@ def main(argv=None) -> int:
         if not args.checkpoint:
             raise SystemExit("--eval / --pocketsphinx need --checkpoint")
         print(f"\n| set | context | utterances | WER greedy | WER beam {args.beam} | EOU precision / recall | "
-              "EOU latency p50 / p90 | backchannels ending in <EOB> |")
-        print("|---|---|---|---|---|---|---|---|")
+              "<EOU>s before the speech ended | EOU latency p50 / p90 | backchannels ending in <EOB> |")
+        print("|---|---|---|---|---|---|---|---|---|")
         peers = []
         for (name, load), context in ((s, c) for s in sets for c in contexts):
             model.set_att_context(context)
             rows = load()
             torch.set_num_threads(args.eval_threads)
             greedy, beam = eval_wer(model, rows, 1), eval_wer(model, rows, args.beam)
-            eou_cells = {None: "- | - | -"}
+            eou_cells = {None: "- | - | - | -"}
             if rows and "trail_silence" in rows[0]:
                 torch.set_num_threads(1)
                 chosen = rows if not 0 < args.eou_limit < len(rows) else \
@@ -355,7 +355,7 @@ def main(argv=None) -> int:
                     e = eval_eou(model, chosen, threshold)
                     score = e["eou"]
                     eou_cells[threshold] = (f"{score.precision:.3f} / {score.recall:.3f} ({score.num_utterances}) | "
-                                            f"{score.latency_p50 * 1e3:.0f} / {score.latency_p90 * 1e3:.0f} ms | "
+                                            f"{score.false_early} | {score.latency_p50 * 1e3:.0f} / {score.latency_p90 * 1e3:.0f} ms | "
                                             f"{e['eob_accuracy']:.2f} ({e['backchannels']})")
             for threshold, cells in eou_cells.items():  # WER does not depend on the EOU threshold
                 how = "" if threshold is None else f", <EOU> p >= {threshold:g}"

@@ -85,7 +85,7 @@ class LocalBackend:
 
     @classmethod
     def from_checkpoint(cls, path: str, threads: int | None = None, int8: bool = False) -> LocalBackend:
-        """Load a checkpoint; `int8` decodes with int8 Linear weights (about 2x faster on a CPU,
+        """Load a checkpoint; `int8` runs with int8 Linear weights (on a CPU about 1.5x faster decoding, 3x prefill;
         see `minivox.llm.quantize_int8`)."""
         import torch
 
@@ -225,10 +225,11 @@ class OpenAIBackend:
     time limits hold whatever the network does: `first_token_timeout` (seconds from the request to
     the first text or tool call) and `total_timeout` (to the end of the reply). A server that
     cannot be reached raises BackendUnreachable at once; one that stalls raises BackendTimeout;
-    an HTTP error raises BackendError with the status and the server's message.
+    an HTTP error raises BackendError with the status and the server's message. With no `model`,
+    the first the server lists (GET /v1/models) is used, asked once at the first request.
     """
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, first_token_timeout: float = 5.0,
+    def __init__(self, base_url: str, model: str | None, api_key: str | None = None, first_token_timeout: float = 5.0,
                  total_timeout: float = 30.0, connect_timeout: float = 3.0, max_context: int = 4096):
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
@@ -268,6 +269,11 @@ class OpenAIBackend:
 
     def stream_chat(self, messages: Sequence[dict], tools: Sequence[dict] | None,
                     options: GenerationOptions) -> Iterator[ChatDelta]:
+        if not self.model:
+            models = self.list_models()
+            if not models:
+                raise BackendError(f"{self.base_url}/models lists no model: name one")
+            self.model = models[0]
         payload: dict[str, Any] = {"model": self.model, "messages": to_openai_messages(messages), "stream": True,
                                    "max_tokens": options.max_tokens, "temperature": options.temperature,
                                    "top_p": options.top_p}

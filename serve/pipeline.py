@@ -60,12 +60,12 @@ class ModelPaths:
 
     asr: str = ""
     asr_att_context: list[int] = field(default_factory=list)  # [left, right] for the streaming ASR; [] = the
-    #   checkpoint's own. The demo model also streams with [70, 0]: turns end ~45 ms sooner, for twice
+    #   checkpoint's own. The demo model also streams with [70, 0]: turns end 20-60 ms sooner, for twice
     #   the ASR compute (README: agent latency and capacity with each)
     fastpitch: str = ""
     hifigan: str = ""
     llm: str = ""
-    llm_int8: bool = True  # int8 Linear weights for the local LLM: ~2x faster decoding, same held-out scores
+    llm_int8: bool = True  # int8 Linear weights for the local LLM: ~1.5x faster decoding, ~3x prefill, same held-out scores
     llm_base_url: str = ""  # an OpenAI-compatible server (e.g. http://localhost:8000/v1) instead of the local LLM
     llm_model: str = ""  # model name for the remote server (default: its first model)
 

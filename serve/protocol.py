@@ -2,7 +2,7 @@
 
 No sockets and no asyncio here: str/bytes go in, dataclasses and str/bytes come out, so every rule
 is tested without a network (the design of python-websockets itself). docs/protocol.md describes
-the same rules for client authors; DESIGN.md section 7 is the contract.
+the same rules for client authors and is the contract.
 
     stream = ClientStream()                          # one per connection
     for item in stream.feed(message):                # message: str (text frame) or bytes (binary frame)

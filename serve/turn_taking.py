@@ -91,7 +91,7 @@ class TurnConfig:
     """Turn-taking rules (DESIGN §7)."""
 
     vad_silence_ms: int = 800  # fallback: end the turn this long after the VAD stop if the ASR gave no <EOU>
-    #   (longer than a mid-sentence pause of ~250-500 ms; shorter than the ASR's own 1 s silence reset)
+    #   (longer than a mid-sentence pause of ~250-500 ms; shorter than the agent's ASR silence reset, 2 s)
     barge_in_min_words: int = 2  # words (not backchannels) of a new utterance needed to interrupt the bot:
     #   one stray word (or echo of the bot) must not cut it off, two words are a clear attempt to speak
     backchannels: tuple[str, ...] = DEFAULT_BACKCHANNELS  # phrases that never interrupt (compared as words)

@@ -145,6 +145,10 @@ def test_remote_backend_streams_the_same_text_as_the_local_model(server, local_b
     assert "".join(d.text for d in deltas) == local_reply(local_backend, MESSAGES)
     assert deltas[-1].finish_reason in ("stop", "length")
     assert remote.list_models() == ["minivox-test"]
+    unnamed = OpenAIBackend(server, None, first_token_timeout=5, total_timeout=10)  # the server's first model
+    assert "".join(d.text for d in unnamed.stream_chat(MESSAGES, None, GenerationOptions(max_tokens=20))) == \
+        local_reply(local_backend, MESSAGES)
+    assert unnamed.model == "minivox-test"
 
 
 def test_assistant_runs_tools_through_the_remote_backend(tool_server):
