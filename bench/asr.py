@@ -11,7 +11,9 @@ Prints two markdown tables.
    (8x dw_striding causal subsampling, rel-pos attention, [70, 1] context), the median time of
    one training step on 16 utterances x 5 s (forward, backward, AdamW step; dropout on) with
    --train-threads threads, and of one offline forward of 5 s on one thread, beside NeMo's
-   figures from §9 (measured on this kind of 2-core machine; NeMo itself is not run here).
+   figures from §9 (measured on this kind of 2-core machine), or, with --peer-nemo PYTHON, beside
+   NeMo's own encoder of the same size timed in the same run (bench/nemo_peer.py in a NeMo venv:
+   `python3 -m venv ../nemo-venv && ../nemo-venv/bin/pip install torch==2.13.0 "nemo-toolkit[asr]==3.0.0"`).
 2. Streaming: the demo preset (or --checkpoint) in a StreamingTranscriber fed 80 ms chunks on
    one thread: real-time factor (compute / audio), compute per encoder chunk p50/p95, and the
    algorithmic latency (how long a sample waits for the chunk that first reports it: uniform
@@ -64,6 +66,7 @@ BATCH, SECONDS = 16, 5.0  # DESIGN §9's training batch: 16 utterances x 5 s
 # DESIGN §9: NeMo FastConformer encoder training step (16 x 5 s, 2 threads), seconds.
 NEMO_TRAIN_STEP = {(176, 8): 1.5, (176, 16): 1.7, (256, 8): 2.3}
 NEMO_OFFLINE_MS = "34-60"  # NeMo offline forward of 5 s on one thread (§9 gives the range)
+PEER_ROUNDS = 3  # --peer-nemo: interleaved rounds; each implementation's best is reported
 TOKEN_RATE = 0.25  # tokens per 80 ms frame a random-init model is tuned to (~3 tokens/s)
 
 
@@ -101,6 +104,25 @@ def bench_encoder(d_model: int, n_layers: int, train_threads: int, repeats: int)
     with torch.no_grad():
         offline = median_time(lambda: encoder(one), max(repeats, 5))
     return {"params": sum(p.numel() for p in encoder.parameters()), "step": step, "offline": offline}
+
+
+def nemo_peer(python: str, train_threads: int, repeats: int) -> dict:
+    """{(d_model, n_layers): timings} of NeMo's own encoder, from bench/nemo_peer.py run by `python`
+    (a virtual environment with nemo-toolkit[asr] and the same torch)."""
+    import json
+    import subprocess
+
+    sizes = ",".join(f"{d}x{n}" for d, n in NEMO_TRAIN_STEP)
+    cmd = [python, str(ROOT / "bench" / "nemo_peer.py"), "--sizes", sizes, "--train-threads", str(train_threads),
+           "--repeats", str(repeats)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    except OSError as exc:
+        raise SystemExit(f"bench/asr.py: cannot run the NeMo peer ({python}): {exc}") from None
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or len(rows) != len(NEMO_TRAIN_STEP):
+        raise SystemExit(f"bench/asr.py: the NeMo peer failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    return {(r["d_model"], r["n_layers"]): r for r in rows}
 
 
 def random_words_tokenizer(vocab_size: int):
@@ -283,6 +305,9 @@ def main(argv=None) -> int:
     parser.add_argument("--eou-threshold", action="append", default=[], type=float, metavar="P",
                         help="also score EOU detection with StreamingTranscriber(eou_threshold=P), an <EOU> "
                              "wherever its probability reaches P (repeatable; e.g. 0.1 0.2)")
+    parser.add_argument("--peer-nemo", metavar="PYTHON",
+                        help="time NeMo's own encoder in the same run with this interpreter (a venv with "
+                             "nemo-toolkit[asr]; see bench/nemo_peer.py) instead of quoting DESIGN §9's figures")
     parser.add_argument("--att-context", action="append", default=[], metavar="LEFT,RIGHT",
                         help="stream and score with this attention context (repeatable; default: the checkpoint's), "
                              "e.g. --att-context 70,1 --att-context 70,0 for a multi-look-ahead model")
@@ -292,14 +317,35 @@ def main(argv=None) -> int:
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
 
     if not args.skip_encoder:
+        # With the peer: best of ROUNDS interleaved rounds (NeMo's sizes, then ours), as bench/llm.py
+        # does, since a shared 2-core machine varies by tens of percent from minute to minute.
+        rounds = PEER_ROUNDS if args.peer_nemo else 1
+        ours, theirs = {size: [] for size in NEMO_TRAIN_STEP}, {size: [] for size in NEMO_TRAIN_STEP}
+        for _ in range(rounds):
+            if args.peer_nemo:
+                for size, timing in nemo_peer(args.peer_nemo, args.train_threads, args.repeats).items():
+                    theirs[size].append(timing)
+            for d, n in NEMO_TRAIN_STEP:
+                ours[(d, n)].append(bench_encoder(d, n, args.train_threads, args.repeats))
+        best = lambda runs: {k: min(r[k] for r in runs) for k in ("params", "step", "offline")}  # noqa: E731
+        source = f"measured in this run, best of {rounds} interleaved rounds" if args.peer_nemo else \
+            "DESIGN §9, not run here"
         print(f"| encoder d_model/layers | params | train step {BATCH} x {SECONDS:g} s, {args.train_threads} threads "
-              f"| NeMo (DESIGN §9) | speed-up | offline forward {SECONDS:g} s, 1 thread | NeMo |")
-        print("|---|---|---|---|---|---|---|")
-        for (d, n), nemo in NEMO_TRAIN_STEP.items():
-            r = bench_encoder(d, n, args.train_threads, args.repeats)
+              f"| NeMo ({source}) | speed-up | offline forward {SECONDS:g} s, 1 thread | NeMo | speed-up |")
+        print("|---|---|---|---|---|---|---|---|")
+        for (d, n), nemo_step in NEMO_TRAIN_STEP.items():
+            r = best(ours[(d, n)])
+            if args.peer_nemo:
+                nemo = best(theirs[(d, n)])
+                assert nemo["params"] == r["params"], (nemo["params"], r["params"])  # the same encoder size
+                step_cells = f"{nemo['step']:.2f} s | {nemo['step'] / r['step']:.2f}x"
+                offline_cells = f"{nemo['offline'] * 1e3:.1f} ms | {nemo['offline'] / r['offline']:.2f}x"
+            else:
+                step_cells = f"{nemo_step:.1f} s | {nemo_step / r['step']:.1f}x"
+                offline_cells = f"{NEMO_OFFLINE_MS} ms | -"
             print(f"| {d} / {n} | {r['params'] / 1e6:.1f}M | {r['step']:.2f} s "
-                  f"({BATCH * SECONDS / r['step']:.0f} s audio/s) | {nemo:.1f} s | {nemo / r['step']:.1f}x "
-                  f"| {r['offline'] * 1e3:.1f} ms | {NEMO_OFFLINE_MS} ms |", flush=True)
+                  f"({BATCH * SECONDS / r['step']:.0f} s audio/s) | {step_cells} "
+                  f"| {r['offline'] * 1e3:.1f} ms | {offline_cells} |", flush=True)
         print()
 
     model, label = demo_model(args.checkpoint)
