@@ -52,17 +52,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from realspeech import pocketsphinx_rows  # bench/realspeech.py (this script's folder is on sys.path)
+from encoder_timing import BATCH, SECONDS, time_encoder  # bench/: this script's folder is on sys.path
+from realspeech import pocketsphinx_rows
 
 ROOT = Path(__file__).resolve().parents[1]
-BATCH, SECONDS = 16, 5.0  # DESIGN §9's training batch: 16 utterances x 5 s
 # DESIGN §9: NeMo FastConformer encoder training step (16 x 5 s, 2 threads), seconds.
 NEMO_TRAIN_STEP = {(176, 8): 1.5, (176, 16): 1.7, (256, 8): 2.3}
 NEMO_OFFLINE_MS = "34-60"  # NeMo offline forward of 5 s on one thread (§9 gives the range)
@@ -70,40 +69,12 @@ PEER_ROUNDS = 3  # --peer-nemo: interleaved rounds; each implementation's best i
 TOKEN_RATE = 0.25  # tokens per 80 ms frame a random-init model is tuned to (~3 tokens/s)
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def bench_encoder(d_model: int, n_layers: int, train_threads: int, repeats: int) -> dict:
     from minivox.conformer import ConformerConfig, ConformerEncoder
 
     torch.manual_seed(0)
     encoder = ConformerEncoder(ConformerConfig(d_model=d_model, n_layers=n_layers, att_context_size=(70, 1)))
-    frames = int(SECONDS * 100)
-    feats, lengths = torch.randn(BATCH, 80, frames), torch.full((BATCH,), frames)
-    optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-4)
-
-    def train_step():
-        out, _ = encoder(feats, lengths)
-        out.square().mean().backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    torch.set_num_threads(train_threads)
-    encoder.train()
-    step = median_time(train_step, repeats)
-    torch.set_num_threads(1)
-    encoder.eval()
-    one = torch.randn(1, 80, frames)
-    with torch.no_grad():
-        offline = median_time(lambda: encoder(one), max(repeats, 5))
-    return {"params": sum(p.numel() for p in encoder.parameters()), "step": step, "offline": offline}
+    return time_encoder(encoder, lambda enc, feats, lengths: enc(feats, lengths)[0], train_threads, repeats)
 
 
 def nemo_peer(python: str, train_threads: int, repeats: int) -> dict:

@@ -2,13 +2,11 @@
 
     /path/to/nemo-venv/bin/python bench/nemo_peer.py --sizes 176x8,176x16,256x8 [--train-threads 2] [--repeats 3]
 
-Prints one JSON line per size: {"d_model", "n_layers", "params", "step", "offline"} in seconds, for
-the same work as bench/asr.py's `bench_encoder`: a training step (forward, mean-square loss,
-backward, AdamW) on 16 utterances x 5 s of random 80-bin features with --train-threads threads,
-and an offline forward of one 5 s utterance on one thread, each the median of --repeats runs after
-a warm-up. The encoder is NeMo's streaming FastConformer setup (8x dw_striding causal subsampling,
-rel-pos attention, chunked_limited context [70, 1], causal depthwise conv kernel 9 with LayerNorm,
-xscaling), as minivox.conformer.ConformerConfig's defaults mirror it. bench/asr.py --peer-nemo runs
+Prints one JSON line per size: {"d_model", "n_layers", "params", "step", "offline"} (seconds) from
+bench/encoder_timing.py, the same timing bench/asr.py gives minivox's encoder. The encoder is
+NeMo's streaming FastConformer setup (8x dw_striding causal subsampling, rel-pos attention,
+chunked_limited context [70, 1], causal depthwise conv kernel 9 with LayerNorm, xscaling), as
+minivox.conformer.ConformerConfig's defaults mirror it. bench/asr.py --peer-nemo runs
 this script; it imports nothing from minivox (NeMo's environment need not have it).
 """
 
@@ -16,22 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
-
-BATCH, SECONDS = 16, 5.0  # bench/asr.py's
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from encoder_timing import time_encoder  # bench/: this script's folder is on sys.path
 
 
 def nemo_encoder(d_model: int, n_layers: int):
@@ -48,27 +33,9 @@ def nemo_encoder(d_model: int, n_layers: int):
 
 def bench(d_model: int, n_layers: int, train_threads: int, repeats: int) -> dict:
     torch.manual_seed(0)
-    encoder = nemo_encoder(d_model, n_layers)
-    frames = int(SECONDS * 100)
-    feats, lengths = torch.randn(BATCH, 80, frames), torch.full((BATCH,), frames)
-    optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-4)
-
-    def train_step():
-        out, _ = encoder(audio_signal=feats, length=lengths)
-        out.square().mean().backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    torch.set_num_threads(train_threads)
-    encoder.train()
-    step = median_time(train_step, repeats)
-    torch.set_num_threads(1)
-    encoder.eval()
-    one, one_length = torch.randn(1, 80, frames), torch.tensor([frames])
-    with torch.no_grad():
-        offline = median_time(lambda: encoder(audio_signal=one, length=one_length), max(repeats, 5))
-    return {"d_model": d_model, "n_layers": n_layers, "params": sum(p.numel() for p in encoder.parameters()),
-            "step": step, "offline": offline}
+    timing = time_encoder(nemo_encoder(d_model, n_layers),
+                          lambda enc, feats, lengths: enc(audio_signal=feats, length=lengths)[0], train_threads, repeats)
+    return {"d_model": d_model, "n_layers": n_layers, **timing}
 
 
 def main() -> None:
