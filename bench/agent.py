@@ -69,10 +69,11 @@ def start_server(port: int, extra: list[str]) -> subprocess.Popen:
 
 
 def spoken_questions(voice: str = "minivox") -> list[tuple[str, np.ndarray]]:
-    """(text, audio) of each question, the audio at 16 kHz mono, with 0.5 s of silence before it, spoken by minivox's demo TTS or
-    by a speech-engine voice of minivox.data.voices ("pico:en-GB", "flite:rms", ...); or, for
-    "recorded", the 11 real recordings of bench/realspeech.py instead of QUESTIONS (people reading
-    cards and a novel: not questions, but real voices, which the speech engines are not)."""
+    """(text, audio) of each question, the audio at 16 kHz mono with 0.5 s of silence before it,
+    spoken by minivox's demo TTS or by a speech-engine voice of minivox.data.voices ("pico:en-GB",
+    "flite:rms", ...); or, for "recorded", the 11 real recordings of bench/realspeech.py instead of
+    QUESTIONS (people reading cards and a novel: not questions, but real voices, which the speech
+    engines are not)."""
     import torch
 
     from minivox.audio import resample
