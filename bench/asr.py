@@ -214,10 +214,10 @@ def pocketsphinx_wer(rows: list[dict]) -> float:
 
 def speech_end(row: dict) -> float:
     """When a corpus row's speech ends (s): its last 10 ms frame within 35 dB of the loudest
-    (minivox.audio.speech_bounds), never after `duration - trail_silence` (where the corpus appended silence). The speech
-    engines end their output with up to ~0.5 s of near-silence of their own (dev: 34 ms median,
-    200 ms p90), which `duration - trail_silence` counts as speech. Rows with added noise, where
-    the envelope cannot tell, keep the corpus's end."""
+    (minivox.audio.speech_bounds), never after `duration - trail_silence`, where the corpus
+    appended silence. The speech engines end their output with up to ~0.5 s of near-silence of
+    their own (dev: 34 ms median, 200 ms p90), which `duration - trail_silence` counts as speech.
+    Rows with added noise, where the envelope cannot tell, keep the corpus's end."""
     corpus_end = row["duration"] - row["trail_silence"]
     if row.get("noise", "none") != "none":
         return corpus_end
