@@ -29,7 +29,9 @@ Prints two markdown tables.
    (`speech_end`: the envelope's last frame within 35 dB of the loudest, not the corpus's
    duration - trail_silence, which includes the engines' own trailing near-silence) by
    minivox.metrics.eou_metrics (precision, recall, latency
-   p50/p90); backchannel rows are scored apart (how often they end in `<EOB>` and never `<EOU>`).
+   p50/p90). "... at 80 ms steps" is the latency to when the `<EOU>` result comes out of a
+   transcriber fed 80 ms at a time, as the agent feeds it: `audio_time` plus the wait for the
+   rest of the step (~half a 160 ms [70, 1] chunk on average). Backchannel rows are scored apart (how often they end in `<EOB>` and never `<EOU>`).
    --eou-threshold P adds rows for the transcriber ending utterances where `<EOU>` reaches
    probability P rather than where it is the likeliest output (the agent's setting).
 
@@ -233,22 +235,30 @@ def eval_eou(model, rows: list[dict], eou_threshold: float | None = None) -> dic
     from minivox.metrics import eou_metrics
 
     transcriber = StreamingTranscriber(model, eou_threshold=eou_threshold)
-    step = 1280  # 80 ms
-    ends, detections, backchannel_ok, backchannels = [], [], 0, 0
+    step = 1280  # 80 ms, as the agent steps its ASR
+    ends, detections, arrivals, backchannel_ok, backchannels = [], [], [], 0, 0
     tail = np.zeros(int(EOU_TAIL_S * 16000), np.float32)
     for r in rows:
         audio = np.concatenate([r["pcm"], tail])
-        results = [x for i in range(0, audio.size, step) for x in transcriber.step(audio[i:i + step])]
-        results += transcriber.flush()
-        eou = [x.audio_time for x in results if x.eou_latency is not None]
+        results, arrived = [], []  # arrived: s of audio streamed when each result came out
+        for i in range(0, audio.size, step):
+            out = transcriber.step(audio[i:i + step])
+            results += out
+            arrived += [min(i + step, audio.size) / 16000] * len(out)
+        out = transcriber.flush()
+        results += out
+        arrived += [audio.size / 16000] * len(out)
+        is_eou = [x.eou_latency is not None for x in results]
         if r.get("backchannel"):
             backchannels += 1
-            backchannel_ok += not eou and any(x.eob_latency is not None for x in results)
+            backchannel_ok += not any(is_eou) and any(x.eob_latency is not None for x in results)
         else:
             ends.append(speech_end(r))
-            detections.append(eou)
+            detections.append([x.audio_time for x, e in zip(results, is_eou) if e])
+            arrivals.append([t for t, e in zip(arrived, is_eou) if e])
     scores = eou_metrics(ends, detections, max_latency=EOU_MAX_LATENCY_S)
-    return {"eou": scores, "backchannels": backchannels,
+    at_steps = eou_metrics(ends, arrivals, max_latency=EOU_MAX_LATENCY_S)
+    return {"eou": scores, "at_steps": at_steps, "backchannels": backchannels,
             "eob_accuracy": backchannel_ok / backchannels if backchannels else float("nan")}
 
 
@@ -355,24 +365,25 @@ def main(argv=None) -> int:
         if not args.checkpoint:
             raise SystemExit("--eval / --pocketsphinx need --checkpoint")
         print(f"\n| set | context | utterances | WER greedy | WER beam {args.beam} | EOU precision / recall | "
-              "<EOU>s before the speech ended | EOU latency p50 / p90 | backchannels ending in <EOB> |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "<EOU>s before the speech ended | EOU latency p50 / p90 | ... at 80 ms steps | backchannels ending in <EOB> |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         peers = []
         for (name, load), context in ((s, c) for s in sets for c in contexts):
             model.set_att_context(context)
             rows = load()
             torch.set_num_threads(args.eval_threads)
             greedy, beam = eval_wer(model, rows, 1), eval_wer(model, rows, args.beam)
-            eou_cells = {None: "- | - | - | -"}
+            eou_cells = {None: "- | - | - | - | -"}
             if rows and "trail_silence" in rows[0]:
                 torch.set_num_threads(1)
                 chosen = rows if not 0 < args.eou_limit < len(rows) else \
                     [rows[k * len(rows) // args.eou_limit] for k in range(args.eou_limit)]
                 for threshold in [None, *args.eou_threshold]:
                     e = eval_eou(model, chosen, threshold)
-                    score = e["eou"]
+                    score, steps = e["eou"], e["at_steps"]
                     eou_cells[threshold] = (f"{score.precision:.3f} / {score.recall:.3f} ({score.num_utterances}) | "
                                             f"{score.false_early} | {score.latency_p50 * 1e3:.0f} / {score.latency_p90 * 1e3:.0f} ms | "
+                                            f"{steps.latency_p50 * 1e3:.0f} / {steps.latency_p90 * 1e3:.0f} ms | "
                                             f"{e['eob_accuracy']:.2f} ({e['backchannels']})")
             for threshold, cells in eou_cells.items():  # WER does not depend on the EOU threshold
                 how = "" if threshold is None else f", <EOU> p >= {threshold:g}"
