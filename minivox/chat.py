@@ -22,6 +22,7 @@ import argparse
 import copy
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,12 @@ def tag_speaker(text: str, speaker: int | None) -> str:
     if not 1 <= speaker <= MAX_SPEAKERS:
         raise ValueError(f"speaker must be in 1..{MAX_SPEAKERS} (diarizer speaker number), got {speaker}")
     return f"<speaker_{speaker}> {text}"
+
+
+def _untagged(text: str) -> str:
+    """A user message without its `<speaker_N>` tag (tag_speaker's inverse)."""
+    head, _, rest = text.partition(" ")
+    return rest if re.fullmatch(r"<speaker_\d+>", head) else text
 
 
 class ChatContext:
@@ -113,6 +120,15 @@ class ChatContext:
         twin.__dict__.update(self.__dict__)
         twin.system, twin.turns = dict(self.system), copy.deepcopy(self.turns)
         return twin
+
+    def drop_last_turn(self, text: str) -> bool:
+        """Forget the newest turn if the user said `text` in it (speaker tag aside): the user went on
+        after it, and the request is asked again whole. Returns whether it was dropped."""
+        first = self.turns[-1][0] if self.turns else {}
+        if first.get("role") != "user" or _untagged(first["content"]) != text:
+            return False
+        self.turns.pop()
+        return True
 
     def reset(self) -> None:
         """Forget every turn (the system prompt stays)."""

@@ -239,6 +239,7 @@ class Session:
         self.turn_start_time = 0.0  # stream time of the current utterance's first speech
         self.last_speech_end = 0.0  # stream time of the VAD's latest stop
         self.times: dict[int, TurnTimes] = {}
+        self.last_turn: tuple[int, str] = (0, "")  # id and text of the latest user turn
         self.out_seq = 0
         self.fatal: proto.ProtocolError | None = None  # the error that ended the session
         self.fatal_close_code = proto.CLOSE_PROTOCOL_ERROR
@@ -392,6 +393,8 @@ class Session:
         elif isinstance(action, EndOfTurn):
             if self.responder and not self.responder.done():
                 await self._interrupt(self.responder_turn)  # a new turn replaces the bot's current one
+            if action.continues is not None:
+                await self._forget_turn(action.continues)
             speaker = self.speakers.speaker(self.turn_start_time, self.heard / ASR_RATE) if self.speakers else None
             # The user's speech ended at the VAD's last stop, or (an <EOU> before the VAD's hangover) at
             # its next one, filled in by _listen.
@@ -400,6 +403,7 @@ class Session:
             if draft is not None and not draft.matches(action.text, speaker):
                 draft.cancel()
                 draft = None
+            self.last_turn = (action.turn_id, action.text)
             self.times[action.turn_id] = TurnTimes(speech_end=speech_end, turn_end=time.monotonic(),
                                                    early=draft is not None)
             self.responder_turn = action.turn_id
@@ -412,6 +416,15 @@ class Session:
             self.responder = asyncio.create_task(self._respond(action.turn_id, action.text, speaker, draft),
                                                  name=f"{self.id}-turn{action.turn_id}")
 
+    async def _forget_turn(self, turn_id: int) -> None:
+        """The user went on speaking after turn `turn_id` ended in a pause, and the turn that
+        continues it is over: drop the interrupted exchange from the chat context (once its LLM
+        thread has stopped), so that the LLM answers the whole request once."""
+        if self.llm_future is not None:  # the interrupted turn's thread stops at its next token
+            await asyncio.wait([self.llm_future], timeout=self.cfg.llm_total_timeout_s)
+        if self.last_turn[0] == turn_id:
+            self.assistant.context.drop_last_turn(self.last_turn[1])
+
     def _update_draft(self, results: list) -> None:
         """After an ASR step: drop a draft whose words changed; start one (config `early_reply`)
         when the step brought no new words, the utterance has some, the bot is idle and <EOU> is
@@ -420,6 +433,7 @@ class Session:
         if self.draft is not None and self.draft.text != text:
             self._drop_draft()
         if (not self.cfg.early_reply or self.draft is not None or not results or not text.strip()
+                or self.turns.continuing is not None
                 or any(r.text or r.is_final for r in results) or self.turns.bot_turn is not None
                 or (self.responder is not None and not self.responder.done())
                 or max(r.eou_prob for r in results) < self.cfg.early_reply_eou_prob):

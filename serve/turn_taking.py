@@ -35,7 +35,11 @@ Whether an ended utterance becomes a user turn (`EndOfTurn`, with the next turn 
 - while the bot is active (bot_started(k) and not yet finished), an utterance interrupts turn
   k only with VAD speech and at least `barge_in_min_words` words that are not backchannels
   (`BargeIn(k)`, once, as soon as the words arrive, usually well before the utterance ends);
-  it then becomes the next user turn when it ends. VAD speech counts for an utterance when the
+  it then becomes the next user turn when it ends. If its speech began no later than
+  `continue_window_ms` after the interrupted turn ended (the VAD never stopped in between, or
+  started again that soon), the turn had ended in a pause of one request ("what is twelve ...
+  times seven"): the new turn *continues* it (`EndOfTurn.continues`), its text is the two
+  utterances joined, and the pipeline answers it in place of the interrupted turn. VAD speech counts for an utterance when the
   VAD was speaking after the previous utterance ended (a VAD stop dated before that end is the
   previous utterance's hangover, not new speech). An utterance that ends without having
   interrupted is dropped: a lone "yeah" or "right" while the bot talks, one stray word, or
@@ -95,12 +99,17 @@ class TurnConfig:
     barge_in_min_words: int = 2  # words (not backchannels) of a new utterance needed to interrupt the bot:
     #   one stray word (or echo of the bot) must not cut it off, two words are a clear attempt to speak
     backchannels: tuple[str, ...] = DEFAULT_BACKCHANNELS  # phrases that never interrupt (compared as words)
+    continue_window_ms: int = 500  # an interruption whose speech began this soon after the turn ended goes on
+    #   with that turn (it had ended in a pause): a reply to a new request comes ~50 ms after the turn
+    #   ends and people need a few hundred ms to hear it and start speaking; 0: never
 
     def __post_init__(self):
         if not isinstance(self.vad_silence_ms, int) or self.vad_silence_ms <= 0:
             raise ValueError(f"TurnConfig.vad_silence_ms must be a positive int, got {self.vad_silence_ms!r}")
         if not isinstance(self.barge_in_min_words, int) or self.barge_in_min_words < 1:
             raise ValueError(f"TurnConfig.barge_in_min_words must be an int >= 1, got {self.barge_in_min_words!r}")
+        if not isinstance(self.continue_window_ms, int) or self.continue_window_ms < 0:
+            raise ValueError(f"TurnConfig.continue_window_ms must be an int >= 0, got {self.continue_window_ms!r}")
         for phrase in self.backchannels:
             if not isinstance(phrase, str) or not normalize_words(phrase):
                 raise ValueError(f"TurnConfig.backchannels: expected phrases with at least one word, got {phrase!r}")
@@ -125,8 +134,9 @@ class EndOfTurn:
     """The user's turn `turn_id` is over: the pipeline starts the LLM and TTS for it."""
 
     turn_id: int  # 1, 2, 3, ... in order
-    text: str  # the utterance
+    text: str  # the utterance (after the continued turn's text, if `continues`)
     reason: str  # "eou" | "vad-silence"
+    continues: int | None = None  # the interrupted turn this one goes on from (it ended in a pause)
 
 
 @dataclass
@@ -145,6 +155,7 @@ class _Utterance:
     text: str = ""
     last_text_time: float | None = None  # audio_time of the latest result that added text
     barged_in: bool = False  # it has interrupted the bot (so it becomes a turn when it ends)
+    continues: int | None = None  # the turn it interrupted and goes on from (see TurnConfig.continue_window_ms)
     eou_prob: float = 0.0  # of the latest ASR result
 
 
@@ -168,6 +179,8 @@ class TurnTaker:
         self.speaking = False  # VAD state
         self.vad_stop_time: float | None = None  # stream time of the latest VAD stop, while not speaking
         self._speech_seen = False  # VAD speech during the current utterance (see on_vad)
+        self.speech_start_time: float | None = None  # stream time of the latest VAD start
+        self._last_turn: tuple[int, str, float] | None = None  # the latest EndOfTurn: (id, text, stream time)
         self._utt = _Utterance()
 
     # ---- inputs ------------------------------------------------------------------------
@@ -196,6 +209,7 @@ class TurnTaker:
         """A VADEvent ("start" | "stop", .time in stream s) -> actions (a BargeIn, if words are waiting)."""
         if event.kind == "start":
             self.speaking, self.vad_stop_time, self._speech_seen = True, None, True
+            self.speech_start_time = float(event.time)
             return self._check_barge_in()
         if event.kind == "stop":
             self.speaking, self.vad_stop_time = False, float(event.time)
@@ -234,6 +248,12 @@ class TurnTaker:
         """Forget the current utterance (context reset). Turn ids, bot and VAD state are kept."""
         self._utt = _Utterance()
         self._speech_seen = self.speaking
+        self._last_turn = None
+
+    @property
+    def continuing(self) -> int | None:
+        """The turn the utterance in progress goes on from (see TurnConfig.continue_window_ms), if any."""
+        return self._utt.continues
 
     @property
     def utterance_text(self) -> str:
@@ -253,6 +273,11 @@ class TurnTaker:
         if content_words(normalize_words(utt.text), self.backchannels) < self.cfg.barge_in_min_words:
             return []
         utt.barged_in = True
+        last = self._last_turn
+        if (self.cfg.continue_window_ms and last is not None and last[0] == self.bot_turn
+                and self.speech_start_time is not None
+                and self.speech_start_time <= last[2] + self.cfg.continue_window_ms / 1000):
+            utt.continues = self.bot_turn
         action = BargeIn(self.bot_turn, utt.text)
         self._interrupted_turn, self.bot_turn = self.bot_turn, None  # the pipeline cancels it; its late bot_finished is ignored
         return [action]
@@ -265,8 +290,11 @@ class TurnTaker:
         self._speech_seen = self.speaking
         if not normalize_words(utt.text):
             return []  # an empty utterance ends nothing
-        actions: list = [UserText(utt.text, True, utt.eou_prob)]
+        continues = utt.continues if reason is not None else None
+        text = f"{self._last_turn[1].rstrip()} {utt.text.lstrip()}" if continues is not None else utt.text
+        actions: list = [UserText(text, True, utt.eou_prob)]
         if reason is None or not (utt.barged_in or self.bot_turn is None):
             return actions  # a backchannel, or an utterance that never interrupted the active bot
         self.current_turn += 1
-        return actions + [EndOfTurn(self.current_turn, utt.text, reason)]
+        self._last_turn = (self.current_turn, text, float(now))
+        return actions + [EndOfTurn(self.current_turn, text, reason, continues)]

@@ -166,6 +166,20 @@ def test_context_logs_what_it_drops(caplog):
     assert messages[0]["content"] == "sys" and messages[-1]["content"] == "answer number 5"
 
 
+def test_drop_last_turn_forgets_only_the_newest_turn_of_that_text():
+    context = ChatContext("sys")
+    context.add_user("hello")
+    context.add_assistant("Hi!")
+    context.add_user("what is twelve", speaker=2)
+    context.add_assistant("Twelve ...")
+    assert not context.drop_last_turn("hello")  # not the newest turn
+    assert not context.drop_last_turn("what is")
+    assert context.drop_last_turn("what is twelve")  # its speaker tag aside
+    assert [m["content"] for m in context.messages()] == ["sys", "hello", "Hi!"]
+    assert context.drop_last_turn("hello") and context.messages() == [context.system]
+    assert not context.drop_last_turn("hello")  # nothing left
+
+
 def test_context_refuses_a_system_prompt_over_budget():
     with pytest.raises(ValueError, match="system prompt"):
         ChatContext("x" * 400, max_tokens=50)

@@ -367,6 +367,27 @@ def test_an_early_reply_is_dropped_when_more_words_come(base_models):
     assert all("convert ten" not in r for r in later)
 
 
+def test_going_on_after_a_pause_that_ended_the_turn_makes_one_request(base_models):
+    """"What is twelve" (<EOU> 300 ms into a 400 ms pause), then "times seven please": the reply
+    to the first part is interrupted, and the LLM is asked the whole request once; the context
+    holds no trace of the interrupted exchange."""
+    recorder = RecordingBackend(base_models.backend)
+    models, _ = scripted(base_models, ["what is twelve", "times seven please"], backend=recorder)
+    first, _ = speech(models, "What is twelve")  # 0.4 s of silence after it
+    rest, rate = models.tts.synthesize("times seven please")
+    rest16 = np.asarray(resample(rest, rate, 16000), dtype=np.float32)
+    audio = np.concatenate([first, rest16, np.zeros(6400, np.float32)])
+    result = with_server(models, lambda server, url: run_client(url, audio, 16000, realtime=True, tail_s=15))
+    assert not result.errors, result.errors
+    events = result.events
+    assert [e["turn_id"] for e in events if e["type"] == "interruption"] == [1]
+    finals = [e["text"] for e in events if e["type"] == "user-transcription" and e["final"]]
+    assert finals == ["what is twelve", "what is twelve times seven please"]
+    assert recorder.requests[0] == ["what is twelve"]
+    assert recorder.requests[-1] == ["what is twelve times seven please"]
+    assert next(e for e in events if e["type"] == "bot-tts-started" and e["turn_id"] == 2)
+
+
 def test_concurrent_sessions_do_not_see_each_other(base_models):
     recorder = RecordingBackend(base_models.backend)
     models, made = scripted(base_models, ["what time is it"], ["convert ten miles to kilometers"], backend=recorder)

@@ -32,7 +32,8 @@ def short(action) -> tuple:
     if isinstance(action, UserText):
         return ("text", action.text, action.final)
     if isinstance(action, EndOfTurn):
-        return ("end", action.turn_id, action.text, action.reason)
+        end = ("end", action.turn_id, action.text, action.reason)
+        return end if action.continues is None else (*end, "continues", action.continues)
     if isinstance(action, BargeIn):
         return ("barge", action.turn_id, action.text)
     raise AssertionError(f"unknown action {action!r}")
@@ -188,13 +189,49 @@ SCENARIOS = {
     ],
     "a late bot_started of an interrupted or older turn is ignored": [
         *_user_turn("tell me a story", 0.0),
+        (("vad", "stop", 0.4), []),
+        (("vad", "start", 0.95), []),  # 0.45 s after the turn ended: new speech, but soon enough to go on with it
         (("bot+", 1), []),
         (("asr", "no wait", 1.0), [("text", "no wait", False), ("barge", 1, "no wait")]),
         (("bot+", 1), []),  # the interrupted turn's task starting late
         (("bot+", 0), []),  # an older turn
         (("asr", " what about", 1.2), [("text", "no wait what about", False)]),  # no bot: nothing to interrupt
-        (("asr", " lunch", 1.5, "eou"), [("text", "no wait what about lunch", True),
-                                         ("end", 2, "no wait what about lunch", "eou")]),
+        (("asr", " lunch", 1.5, "eou"), [("text", "tell me a story no wait what about lunch", True),
+                                         ("end", 2, "tell me a story no wait what about lunch", "eou",
+                                          "continues", 1)]),
+    ],
+    "speech going on after an eou in a pause continues that turn": [
+        (("vad", "start", 0.1), []),
+        (("asr", "what is twelve", 0.9, "eou"), [("text", "what is twelve", True),
+                                                 ("end", 1, "what is twelve", "eou")]),  # a 200 ms pause
+        (("bot+", 1), []),
+        (("asr", " times seven", 1.4), [("text", " times seven", False), ("barge", 1, " times seven")]),
+        (("asr", "", 1.9, "eou"), [("text", "what is twelve times seven", True),
+                                   ("end", 2, "what is twelve times seven", "eou", "continues", 1)]),
+        (("bot+", 2), []),
+        (("vad", "stop", 2.0), []),  # a new request later is a turn of its own
+        (("vad", "start", 4.0), []),
+        (("asr", "and plus one", 4.5), [("text", "and plus one", False), ("barge", 2, "and plus one")]),
+        (("asr", "", 5.0, "eou"), [("text", "and plus one", True), ("end", 3, "and plus one", "eou")]),
+    ],
+    "speech starting later than continue_window_ms after the turn is a new turn": [
+        (("vad", "start", 0.1), []),
+        (("asr", "tell me a story", 0.9, "eou"), [("text", "tell me a story", True),
+                                                  ("end", 1, "tell me a story", "eou")]),
+        (("vad", "stop", 0.8), []),
+        (("bot+", 1), []),
+        (("vad", "start", 1.45), []),  # 0.55 s after the turn ended
+        (("asr", "no stop", 1.8), [("text", "no stop", False), ("barge", 1, "no stop")]),
+        (("asr", "", 2.2, "eou"), [("text", "no stop", True), ("end", 2, "no stop", "eou")]),
+    ],
+    "a reset forgets the turn to go on from": [
+        (("vad", "start", 0.1), []),
+        (("asr", "what is twelve", 0.9, "eou"), [("text", "what is twelve", True),
+                                                 ("end", 1, "what is twelve", "eou")]),
+        (("bot+", 1), []),
+        (("reset",), []),
+        (("asr", " times seven", 1.4), [("text", " times seven", False), ("barge", 1, " times seven")]),
+        (("asr", "", 1.9, "eou"), [("text", " times seven", True), ("end", 2, " times seven", "eou")]),
     ],
     "greeting turn 0 can be interrupted": [
         (("bot+", 0), []),
@@ -222,6 +259,41 @@ def test_scenario_min_words_and_backchannels_configurable():
     assert [short(a) for a in taker.on_asr(asr("okay go on", 2.3))] == [("text", "okay go on", False)]
     assert [short(a) for a in taker.on_asr(asr(" right now", 2.5))] == [
         ("text", "okay go on right now", False), ("barge", 1, "okay go on right now")]
+
+
+@settings(max_examples=100, deadline=None)
+@given(pause=st.one_of(st.none(), st.floats(0.0, 2.0)), window_ms=st.sampled_from([0, 300, 500, 1000]),
+       words=st.integers(2, 4))
+def test_an_interruption_continues_the_turn_exactly_when_its_speech_began_within_the_window(pause, window_ms, words):
+    """A turn ends at <EOU> at t = 1 s; the user's next speech begins `pause` s after the VAD
+    stop at 0.9 s (None: the VAD never stopped) and interrupts the bot. It continues turn 1 iff it
+    began within `window_ms` of the turn's end, and then its text is both utterances joined."""
+    taker = TurnTaker(TurnConfig(continue_window_ms=window_ms))
+    taker.on_vad(VADEvent("start", 0.1))
+    taker.on_asr(asr("what is twelve", 1.0, "eou"))
+    taker.bot_started(1)
+    start = 0.1
+    if pause is not None:
+        start = 0.9 + pause
+        taker.on_vad(VADEvent("stop", 0.9))
+        taker.on_vad(VADEvent("start", start))
+    said = " ".join(f"w{i}" for i in range(words))
+    barge = taker.on_asr(asr(said, max(start, 1.0) + 0.3))
+    assert isinstance(barge[-1], BargeIn) and barge[-1].turn_id == 1
+    end = taker.on_asr(asr("", max(start, 1.0) + 0.8, "eou"))[-1]
+    assert isinstance(end, EndOfTurn) and end.turn_id == 2
+    goes_on = window_ms > 0 and start <= 1.0 + window_ms / 1000
+    assert end.continues == (1 if goes_on else None)
+    assert end.text == (f"what is twelve {said}" if goes_on else said)
+
+
+def test_continue_window_zero_never_continues_and_bad_values_are_errors():
+    taker = TurnTaker(TurnConfig(continue_window_ms=0))
+    steps = SCENARIOS["speech going on after an eou in a pause continues that turn"]
+    actions = [short(a) for step, _ in steps[:5] for a in run(taker, step)]
+    assert actions[-1] == ("end", 2, " times seven", "eou")
+    with pytest.raises(ValueError, match="continue_window_ms must be an int >= 0, got -1"):
+        TurnConfig(continue_window_ms=-1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -310,6 +382,7 @@ def test_random_interleavings(ops):
     interrupted: set[int] = set()
     started: set[int] = set()
     ended_words: set[str] = set()
+    turn_words: dict[int, list[str]] = {}  # the unique words of each turn, in order
     last_turn = 0
     for op in ops:
         eob_final = False
@@ -353,7 +426,13 @@ def test_random_interleavings(ops):
                 last_turn = action.turn_id
                 words = normalize_words(action.text)
                 assert words, action
-                unique = {w for w in words if w.startswith("w")}
-                assert not unique & ended_words, "a piece of user text ended two turns"
-                ended_words |= unique
+                unique = [w for w in words if w.startswith("w")]
+                if action.continues is not None:  # the interrupted previous turn's words, then new ones
+                    assert action.continues == last_turn - 1 and action.continues in interrupted, action
+                    before = turn_words[action.continues]
+                    assert unique[:len(before)] == before, (action, before)
+                    unique = unique[len(before):]
+                assert not set(unique) & ended_words, "a piece of user text ended two turns"
+                ended_words |= set(unique)
+                turn_words[action.turn_id] = turn_words.get(action.continues, []) + unique
         assert taker.current_turn == last_turn
