@@ -122,7 +122,8 @@ async def latency(url: str, questions: list[tuple[str, np.ndarray]], turns: int)
     return {"turns": len(measured), "asked": asked, "missed": missed, "cut_in": cut_in,
             "p50": percentile(measured, 50), "p90": percentile(measured, 90),
             "turn_detect": server("turn_detect_ms"), "llm_first": server("llm_first_text_ms"),
-            "tts_first": server("tts_first_audio_ms"), "early": sum(1 for _, m in rows if m.get("early_reply"))}
+            "tts_first": server("tts_first_audio_ms"), "early": sum(1 for _, m in rows if m.get("early_reply")),
+            "continued": sum(1 for _, m in rows if m.get("continues"))}
 
 
 async def concurrent(url: str, questions: list[tuple[str, np.ndarray]], n: int) -> dict:
@@ -176,6 +177,9 @@ def main() -> int:
     if lat["cut_in"]:
         print(f"  {lat['cut_in']} of {lat['asked']} questions had a reply start before they were over (a turn "
               "ended in a pause); their latency is that of the reply after the end")
+    if lat["continued"]:
+        print(f"  {lat['continued']} answered turns went on from a turn cut in a pause (TurnConfig.continue_window_ms): "
+              "one joined request")
     print()
     print("| p50 | p90 | server: speech end -> turn end | turn end -> first LLM text | LLM text -> first TTS audio "
           "| early replies kept |")

@@ -192,6 +192,7 @@ class TurnTimes:
     tts_first: float | None = None  # first synthesised chunk
     first_audio: float | None = None  # first audio frame handed to the socket
     early: bool = False  # the reply was drafted before the turn ended (an EarlyReply kept)
+    continues: int | None = None  # the interrupted turn this one went on from (TurnConfig.continue_window_ms)
 
 
 class Session:
@@ -405,7 +406,7 @@ class Session:
                 draft = None
             self.last_turn = (action.turn_id, action.text)
             self.times[action.turn_id] = TurnTimes(speech_end=speech_end, turn_end=time.monotonic(),
-                                                   early=draft is not None)
+                                                   early=draft is not None, continues=action.continues)
             self.responder_turn = action.turn_id
             self.turns.bot_started(action.turn_id)  # at once: barge-in rules apply from here
             if draft is not None:  # keep the early reply: its context and its LLM thread become the session's
@@ -584,7 +585,7 @@ class Session:
             "metrics", turn_id=turn_id, voice_to_voice_ms=ms(t.speech_end, t.first_audio),
             turn_detect_ms=ms(t.speech_end, t.turn_end), llm_first_text_ms=ms(t.turn_end, t.llm_first),
             tts_first_audio_ms=ms(t.llm_first, t.tts_first), max_input_lag_ms=round(self.max_input_lag * 1000, 1),
-            early_reply=t.early)
+            early_reply=t.early, continues=t.continues)
 
     # --- output --------------------------------------------------------------------
 

@@ -386,6 +386,7 @@ def test_going_on_after_a_pause_that_ended_the_turn_makes_one_request(base_model
     assert recorder.requests[0] == ["what is twelve"]
     assert recorder.requests[-1] == ["what is twelve times seven please"]
     assert next(e for e in events if e["type"] == "bot-tts-started" and e["turn_id"] == 2)
+    assert next(e for e in events if e["type"] == "metrics" and e["turn_id"] == 2)["continues"] == 1
 
 
 def test_concurrent_sessions_do_not_see_each_other(base_models):
