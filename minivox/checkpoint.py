@@ -56,7 +56,7 @@ def save_checkpoint(
     state = model.state_dict() if isinstance(model, torch.nn.Module) else model
     state = {name: _stored(tensor, fp16) for name, tensor in state.items()}
     meta = dict(meta or {})
-    meta.setdefault("stored_dtype", "float16" if fp16 else "as-trained")
+    meta["stored_dtype"] = "float16" if fp16 else "as-trained"  # of this file, whatever a re-saved meta said
     payload = {"kind": kind, "config": config_dict, "model": state, "tokenizer": tokenizer, "meta": meta}
 
     path = Path(path)

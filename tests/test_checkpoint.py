@@ -42,6 +42,10 @@ def test_fp16_storage_halves_and_loads_within_fp16_error(tmp_path):
     assert half.stat().st_size < 0.6 * full.stat().st_size
     ckpt = load_checkpoint(half, kind="llm")
     assert ckpt["model"]["0.weight"].dtype == torch.float16 and ckpt["meta"]["stored_dtype"] == "float16"
+    full_meta = load_checkpoint(full, kind="llm")["meta"]  # exporting a training checkpoint's meta as fp16
+    assert full_meta["stored_dtype"] == "as-trained"
+    resaved = save_checkpoint(tmp_path / "resaved.pt", "llm", cfg, model, meta=full_meta, fp16=True)
+    assert load_checkpoint(resaved, kind="llm")["meta"]["stored_dtype"] == "float16"
     again = make_model(cfg)
     load_state_dict(again, ckpt["model"])
     assert again[0].weight.dtype == torch.float32
