@@ -60,7 +60,7 @@ class ModelPaths:
 
     asr: str = ""
     asr_att_context: list[int] = field(default_factory=list)  # [left, right] for the streaming ASR; [] = the
-    #   checkpoint's own. The demo model also streams with [70, 0]: turns end 20-60 ms sooner, for twice
+    #   checkpoint's own. The demo model also streams with [70, 0]: turns end 40-90 ms sooner, for twice
     #   the ASR compute (README: agent latency and capacity with each)
     fastpitch: str = ""
     hifigan: str = ""
