@@ -100,8 +100,8 @@ class TurnConfig:
     #   one stray word (or echo of the bot) must not cut it off, two words are a clear attempt to speak
     backchannels: tuple[str, ...] = DEFAULT_BACKCHANNELS  # phrases that never interrupt (compared as words)
     continue_window_ms: int = 500  # an interruption whose speech began this soon after the turn ended goes on
-    #   with that turn (it had ended in a pause): a reply to a new request comes ~50 ms after the turn
-    #   ends and people need a few hundred ms to hear it and start speaking; 0: never
+    #   with that turn (it had ended in a pause): the reply's audio starts 40-90 ms after the turn ends
+    #   (bench/agent.py) and people take a few hundred ms more to hear it and answer it; 0: never
 
     def __post_init__(self):
         if not isinstance(self.vad_silence_ms, int) or self.vad_silence_ms <= 0:
@@ -179,7 +179,7 @@ class TurnTaker:
         self.speaking = False  # VAD state
         self.vad_stop_time: float | None = None  # stream time of the latest VAD stop, while not speaking
         self._speech_seen = False  # VAD speech during the current utterance (see on_vad)
-        self.speech_start_time: float | None = None  # stream time of the latest VAD start
+        self._speech_start: float | None = None  # stream time of the latest VAD start
         self._last_turn: tuple[int, str, float] | None = None  # the latest EndOfTurn: (id, text, stream time)
         self._utt = _Utterance()
 
@@ -209,7 +209,7 @@ class TurnTaker:
         """A VADEvent ("start" | "stop", .time in stream s) -> actions (a BargeIn, if words are waiting)."""
         if event.kind == "start":
             self.speaking, self.vad_stop_time, self._speech_seen = True, None, True
-            self.speech_start_time = float(event.time)
+            self._speech_start = float(event.time)
             return self._check_barge_in()
         if event.kind == "stop":
             self.speaking, self.vad_stop_time = False, float(event.time)
@@ -275,8 +275,8 @@ class TurnTaker:
         utt.barged_in = True
         last = self._last_turn
         if (self.cfg.continue_window_ms and last is not None and last[0] == self.bot_turn
-                and self.speech_start_time is not None
-                and self.speech_start_time <= last[2] + self.cfg.continue_window_ms / 1000):
+                and self._speech_start is not None
+                and self._speech_start <= last[2] + self.cfg.continue_window_ms / 1000):
             utt.continues = self.bot_turn
         action = BargeIn(self.bot_turn, utt.text)
         self._interrupted_turn, self.bot_turn = self.bot_turn, None  # the pipeline cancels it; its late bot_finished is ignored
