@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import queue
+import re
 import socket
 import threading
 import time
@@ -20,7 +21,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from minivox.chat_template import ChatTemplate, IncrementalDecoder, ToolCall, approximate_token_count, parse_tool_calls
+from minivox.chat_template import (ChatTemplate, IncrementalDecoder, ToolCall, approximate_token_count, format_tool_calls,
+                                   parse_tool_calls)
+from minivox.tools import USER_WORD
 
 # ---------------------------------------------------------------------------------------
 # Backends.
@@ -69,6 +72,63 @@ class ChatBackend(Protocol):
     def count_tokens(self, messages: Sequence[dict]) -> int: ...
 
 
+_WORD = re.compile(r"[^\W\d_]+(?:['-][^\W\d_]+)*")  # letters, with inner apostrophes or hyphens ("don't")
+_SPEAKER_TAG = re.compile(r"<speaker_\d+>")
+
+
+def user_words(messages: Sequence[dict]) -> list[str]:
+    """The distinct lower-cased words of the last user message, in order (speaker tags left out)."""
+    text = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+    return list(dict.fromkeys(_WORD.findall(_SPEAKER_TAG.sub(" ", text).lower())))
+
+
+def hold_to_user_words(model, template: ChatTemplate, prompt: Sequence[int], calls: list[ToolCall],
+                       tools: Sequence[dict] | None, messages: Sequence[dict], cache=None) -> list[ToolCall]:
+    """`calls` with every `x-user-word` argument (`minivox.tools.UserWord`) made a word of the user's last message.
+
+    A small model asked "what does charm mean?" often starts the word right and loses it on the
+    way (define_word("compar")): copying an unseen word piece by piece is what it learned least.
+    When the value it wrote is not one of the user's words, the word is chosen among them by the
+    model itself, as greedy decoding held to those words would write it: the word whose first
+    piece is the most likely where the value starts, ties broken by the whole call's likelihood.
+    Calls that are malformed, or arguments already among the user's words, are left as they are.
+    """
+    from minivox.llm import continuation_logprobs
+
+    held = {}  # tool name -> its UserWord parameters
+    for tool in tools or ():
+        function = tool.get("function") or {}
+        properties = (function.get("parameters") or {}).get("properties") or {}
+        held[function.get("name")] = [k for k, v in properties.items() if isinstance(v, dict) and v.get(USER_WORD)]
+    words = user_words(messages)
+    if not words or not any(held.get(c.name) for c in calls):
+        return calls
+    try:
+        parsed = [{"name": c.name, "arguments": json.loads(c.arguments)} for c in calls]
+    except json.JSONDecodeError:
+        return calls
+    changed = set()
+    for i, call in enumerate(parsed):
+        for key in held.get(call["name"], ()):
+            value = call["arguments"].get(key) if isinstance(call["arguments"], dict) else None
+            if not isinstance(value, str) or value.lower() in words:
+                continue
+            options = []
+            for word in words:  # the whole call list as the model would write it with `word`
+                call["arguments"][key] = word
+                options.append(template.tokenizer.encode(format_tool_calls(parsed)) + [template.end_id])
+            shared = 0  # the pieces every option starts with: the calls up to the value
+            while all(len(o) > shared + 1 and o[shared] == options[0][shared] for o in options):
+                shared += 1
+            logprobs = continuation_logprobs(model, [*prompt, template.call_id, *options[0][:shared]],
+                                             [o[shared:] for o in options], cache)
+            best = max(range(len(words)), key=lambda i: (logprobs[i][0], sum(logprobs[i])))
+            call["arguments"][key] = words[best]
+            changed.add(i)
+    return [ToolCall(p["name"], json.dumps(p["arguments"]), c.id) if i in changed else c
+            for i, (p, c) in enumerate(zip(parsed, calls))]
+
+
 class LocalBackend:
     """The minivox model, in this process. One KV cache is kept between calls, so each chat turn
     only prefills what is new since the previous one (see `minivox.llm.generate`)."""
@@ -109,8 +169,9 @@ class LocalBackend:
         """Generate one assistant message. Text streams as it comes; if the model opens a tool call
         (`<|call|>`) the rest is collected and parsed into ToolCalls at `<|end|>`.
 
-        `tools` (OpenAI-format schemas) only switches tool calling on or off here: the demo model
-        knows its trained tools and no others, so when none are offered `<|call|>` is banned.
+        `tools` (OpenAI-format schemas) switches tool calling on or off here (the demo model knows
+        its trained tools and no others, so when none are offered `<|call|>` is banned) and says
+        which arguments are the user's words (`hold_to_user_words`).
         """
         from minivox.llm import SamplingConfig, generate
 
@@ -141,10 +202,12 @@ class LocalBackend:
                 tail = decoder.flush() if call_ids is None else ""
                 if tail:
                     yield ChatDelta(text=tail)
+                if call_ids is not None:
+                    calls = hold_to_user_words(self.model, self.template, prompt,
+                                               parse_tool_calls(self.tokenizer.decode(call_ids)), tools, messages, self.cache)
             finally:
                 stream.close()
         if call_ids is not None:
-            calls = parse_tool_calls(self.tokenizer.decode(call_ids))
             yield ChatDelta(tool_calls=calls, finish_reason="tool_calls")
         else:
             yield ChatDelta(finish_reason=stream.finish_reason or "stop")

@@ -591,3 +591,36 @@ def generate(model: GPT, prompt: Sequence[int], sampling: SamplingConfig | None 
         a TokenStream: iterate it for ids; finish_reason and timings are set when it ends.
     """
     return TokenStream(model, prompt, sampling or SamplingConfig(), cache, generator, banned_tokens)
+
+
+@torch.no_grad()
+def continuation_logprobs(model: GPT, prefix: Sequence[int], continuations: Sequence[Sequence[int]],
+                          cache: KVCache | None = None) -> list[list[float]]:
+    """Log-probability of each token of each continuation of `prefix` (teacher forcing).
+
+    out[i][j] = log p(continuations[i][j] | prefix + continuations[i][:j]). The prefix is run once
+    (a part `cache` already holds, as `generate` left it, is reused); each continuation then runs on
+    top of it and is cropped off again, so the cache ends holding the prefix.
+    """
+    cache = cache if cache is not None else model.new_cache()
+    prefix = [int(t) for t in prefix]
+    if not prefix or any(not c for c in continuations):
+        raise ValueError("continuation_logprobs needs a non-empty prefix and non-empty continuations")
+    common = 0  # as in generate: reuse what the cache holds, recompute at least the last prefix token
+    for cached, new in zip(cache.token_ids, prefix[:-1]):
+        if cached != new:
+            break
+        common += 1
+    cache.crop(common)
+    device = cache.k.device
+    last = model(torch.tensor([prefix[common:]], device=device), cache, last_only=True)[0, -1]  # [V]
+    cache.token_ids += prefix[common:]
+    out = []
+    for continuation in continuations:
+        ids = [int(t) for t in continuation]
+        logits = torch.cat([last[None], model(torch.tensor([ids[:-1]], device=device), cache)[0]]) if len(ids) > 1 \
+            else last[None]  # [T, V]: the logits that predict each of ids
+        cache.crop(len(prefix))
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        out.append(logp[torch.arange(len(ids)), torch.tensor(ids, device=device)].tolist())
+    return out

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------------------------------
 
 JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
+USER_WORD = "x-user-word"  # schema keyword of a string parameter whose value is one word the user said
+UserWord = typing.Annotated[str, USER_WORD]  # annotate such a parameter with this (define_word's `word`);
+#   the local model's calls are then held to the words of the user's last message (minivox.backends)
 
 
 class ToolError(Exception):
@@ -47,8 +50,8 @@ class Tool:
     """A Python function the model may call, with the JSON schema of its parameters.
 
     Built from a typed function by `Tool.from_function`: parameter annotations (str, int, float,
-    bool, Literal[...]) become JSON schema types, parameters without defaults are required, and
-    the docstring's first line is the description.
+    bool, Literal[...], UserWord) become JSON schema types, parameters without defaults are
+    required, and the docstring's first line is the description.
     """
 
     name: str
@@ -59,7 +62,7 @@ class Tool:
 
     @classmethod
     def from_function(cls, function: Callable[..., Any], name: str | None = None, timeout: float = 2.0) -> Tool:
-        hints = typing.get_type_hints(function)
+        hints = typing.get_type_hints(function, include_extras=True)  # keeps Annotated (UserWord)
         properties, required = {}, []
         for pname, param in inspect.signature(function).parameters.items():
             hint = hints.get(pname)
@@ -104,6 +107,13 @@ class Tool:
 
 def _json_schema_of(hint: Any, where: str) -> dict:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        schema = _json_schema_of(args[0], where)
+        if USER_WORD in hint.__metadata__:
+            if schema != {"type": "string"}:
+                raise ValueError(f"tool parameter {where}: UserWord marks a str parameter, got {args[0]}")
+            schema[USER_WORD] = True
+        return schema
     if origin is typing.Literal:
         return {"type": JSON_TYPES[type(args[0])], "enum": list(args)}
     if origin in (typing.Union, types.UnionType):
@@ -415,7 +425,7 @@ def demo_tools(now: Callable[[], dt.datetime] = dt.datetime.now, timers: Timers 
             timers.start(seconds)
         return result
 
-    def define_word(word: str) -> dict:
+    def define_word(word: UserWord) -> dict:
         """the most common meaning of an English word (WordNet)"""
         return run("define_word", {"word": word}, wordnet=wordnet)
 

@@ -8,20 +8,21 @@ import logging
 import subprocess
 import sys
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minivox.backends import ChatDelta, GenerationOptions, LocalBackend, from_openai_messages, to_openai_messages
+from minivox.backends import (ChatDelta, GenerationOptions, LocalBackend, from_openai_messages, hold_to_user_words,
+                              to_openai_messages, user_words)
 from minivox.chat import APOLOGIES, Assistant, ChatContext, tag_speaker
 from minivox.chat_template import (IGNORE_INDEX, SYSTEM_PROMPT, ChatTemplate, IncrementalDecoder, ToolCall,
                                    format_tool_calls, parse_tool_calls, train_chat_tokenizer)
 from minivox.data.dialogues import LLMDataConfig, generate_dialogues, validate_dialogue
 from minivox.llm import GPT, GPTConfig, SamplingConfig, generate
-from minivox.tools import Tool, ToolError, ToolRegistry, demo_tools, run_with_timeout
+from minivox.tools import USER_WORD, Tool, ToolError, ToolRegistry, UserWord, demo_tools, run_with_timeout
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +208,21 @@ def test_tool_schema_from_typed_function():
         assert err.value.kind == kind, bad
 
 
+def test_user_word_parameters_are_marked_in_the_schema():
+    def define(word: UserWord) -> dict:
+        """define a word"""
+        return {}
+
+    assert Tool.from_function(define).parameters["properties"] == {"word": {"type": "string", USER_WORD: True}}
+    assert Tool.from_function(define).validate({"word": "charm"}) == {"word": "charm"}
+
+    def counted(n: Annotated[int, USER_WORD]) -> dict:
+        return {}
+
+    with pytest.raises(ValueError, match="UserWord marks a str parameter"):
+        Tool.from_function(counted)
+
+
 def test_run_with_timeout():
     assert run_with_timeout(lambda: 42, 1.0) == 42
     start = time.monotonic()
@@ -384,6 +400,89 @@ def test_local_backend_parses_a_tool_call(local_backend, template):
                                       options=GenerationOptions()))
     assert deltas[-1].finish_reason == "tool_calls"
     assert [(c.name, c.arguments) for c in deltas[-1].tool_calls] == [("get_time", "{}")]
+
+
+def _define_schemas() -> list[dict]:
+    def define_word(word: UserWord) -> dict:
+        """define a word"""
+        return {}
+
+    def calculator(expression: str) -> dict:
+        """arithmetic"""
+        return {}
+
+    return ToolRegistry([define_word, calculator]).openai_schemas()
+
+
+def test_user_words_are_the_last_user_messages_words():
+    messages = [{"role": "user", "content": "what does bank mean"}, {"role": "assistant", "content": "..."},
+                {"role": "user", "content": "<speaker_2> And what does Don't-Care mean? Don't care, 42!"},
+                {"role": "assistant", "content": "Let me see."}]
+    assert user_words(messages) == ["and", "what", "does", "don't-care", "mean", "don't", "care"]
+    assert user_words([{"role": "system", "content": "hi"}]) == []
+
+
+def test_held_word_arguments_become_the_user_word_the_model_would_start_with(local_backend, template):
+    """A word argument outside the user's words is replaced by the user's word whose first piece
+    the model scores highest where the value starts (ties: the whole call's likelihood), computed
+    here from one uncached pass per word; everything else in the calls is kept."""
+    model, tokenizer = local_backend.model, local_backend.tokenizer
+    messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": "<speaker_1> Hello, what does the word charm mean?"}]
+    prompt = template.encode_prompt(messages)
+    calls = [ToolCall("calculator", '{"expression": "2 + 2"}', "call_0"), ToolCall("define_word", '{"word": "compar"}', "call_1")]
+    held = hold_to_user_words(model, template, prompt, calls, _define_schemas(), messages, model.new_cache())
+    words = ["hello", "what", "does", "the", "word", "charm", "mean"]
+
+    def call_ids(word):  # the call list with `word`, as the model would write it after the prompt
+        return [template.call_id, *tokenizer.encode(format_tool_calls(
+            [{"name": "calculator", "arguments": {"expression": "2 + 2"}}, {"name": "define_word", "arguments": {"word": word}}])),
+            template.end_id]
+
+    def logprobs(ids):  # of each of ids after the prompt, from one uncached pass
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([prompt + ids]))[0], dim=-1)
+        return [float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(ids)]
+
+    ids = {w: call_ids(w) for w in words}
+    first = min(next(j for j, (a, b) in enumerate(zip(ids[w], ids["hello"])) if a != b) for w in words[1:])
+    want = max(words, key=lambda w: (logprobs(ids[w])[first], sum(logprobs(ids[w]))))
+    assert [(c.name, json.loads(c.arguments), c.id) for c in held] == \
+        [("calculator", {"expression": "2 + 2"}, "call_0"), ("define_word", {"word": want}, "call_1")]
+    # Kept as written: a word the user said (any case), a tool without UserWord, a malformed call, no user words.
+    for kept, msgs in [([ToolCall("define_word", '{"word": "Charm"}')], messages),
+                       ([ToolCall("calculator", '{"expression": "charmed"}')], messages),
+                       ([ToolCall("define_word", '{"word": "x"'), ToolCall("define_word", '{"word": "y"}')], messages),
+                       ([ToolCall("define_word", '{"word": "compar"}')], messages[:1])]:
+        assert hold_to_user_words(model, template, prompt, kept, _define_schemas(), msgs) == kept
+
+
+def test_local_backend_holds_word_arguments_to_the_users_words(local_backend, template):
+    target = [template.call_id] + local_backend.tokenizer.encode(format_tool_calls(
+        [{"name": "define_word", "arguments": {"word": "compar"}}])) + [template.end_id]
+
+    class Forced:
+        """The model, with its generation forced to write the call above (scoring sees its real logits)."""
+
+        def __init__(self, model):
+            self.model, self.cfg, self.step = model, model.cfg, 0
+
+        def __call__(self, tokens, cache=None, last_only=False):
+            logits = self.model(tokens, cache, last_only)
+            if self.step < len(target):
+                logits = torch.full_like(logits, -1e9)
+                logits[..., target[self.step]] = 0
+            self.step += 1
+            return logits
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+    backend = LocalBackend(Forced(local_backend.model), local_backend.tokenizer)
+    messages = [{"role": "user", "content": "what does charm mean"}]
+    deltas = list(backend.stream_chat(messages, tools=_define_schemas(), options=GenerationOptions()))
+    (call,) = deltas[-1].tool_calls
+    assert call.name == "define_word" and json.loads(call.arguments)["word"] in user_words(messages)
 
 
 def test_import_minivox_chat_is_light():

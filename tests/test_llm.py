@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minivox.llm import (GPT, GPTConfig, KVCache, RMSNorm, SamplingConfig, apply_repetition_penalty, apply_rope,
-                         attention_reference, causal_mask, generate, load_model_config, apply_rope_reference,
+                         attention_reference, causal_mask, continuation_logprobs, generate, load_model_config, apply_rope_reference,
                          rope_tables, sample_token, top_k_filter, top_p_filter)
 
 CFG = GPTConfig(vocab_size=97, n_layer=2, n_head=2, d_model=32, max_seq_len=64)
@@ -237,6 +237,29 @@ def test_prefix_reuse_gives_the_same_tokens_as_a_fresh_cache():
     reused = list(stream)
     assert stream.reused_prefix == 4
     assert reused == list(generate(MODEL, prompt, sampling))
+
+
+@given(data=st.data())
+@settings(max_examples=25, deadline=None)
+def test_continuation_logprobs_equal_one_uncached_pass(data):
+    """Each continuation's token log-probs are those of one full pass over prefix + continuation,
+    whatever an earlier generation left in the cache; the cache ends holding the prefix."""
+    ids = st.integers(0, CFG.vocab_size - 1)
+    prefix = data.draw(st.lists(ids, min_size=1, max_size=20), label="prefix")
+    continuations = data.draw(st.lists(st.lists(ids, min_size=1, max_size=8), min_size=1, max_size=4), label="conts")
+    earlier = data.draw(st.lists(ids, max_size=20), label="earlier prompt")  # may share a prefix or not
+    cache = MODEL.new_cache()
+    if earlier:
+        list(generate(MODEL, earlier, SamplingConfig(temperature=0.0, max_tokens=3), cache=cache))
+    got = continuation_logprobs(MODEL, prefix, continuations, cache)
+    with torch.no_grad():
+        for continuation, logprobs in zip(continuations, got):
+            full = torch.log_softmax(MODEL(torch.tensor([prefix + continuation]))[0], dim=-1)  # [T, V]
+            want = [float(full[len(prefix) - 1 + j, t]) for j, t in enumerate(continuation)]
+            assert logprobs == pytest.approx(want, abs=1e-4)
+    assert cache.length == len(prefix) and cache.token_ids == prefix
+    with pytest.raises(ValueError, match="non-empty"):
+        continuation_logprobs(MODEL, prefix, [[]])
 
 
 def test_banned_tokens_are_never_generated():

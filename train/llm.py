@@ -273,11 +273,18 @@ def _same_call_results(predicted: list, reference: list[dict], wordnet) -> bool:
 
 @torch.no_grad()
 def evaluate_dialogues(model: GPT, template: ChatTemplate, dialogues: list[dict], max_tokens: int = 128,
-                       progress: bool = False) -> dict:
-    """Tool-call and answer accuracy of greedy replies (see the module docstring); also returns failures."""
+                       progress: bool = False, hold_words: bool = True) -> dict:
+    """Tool-call and answer accuracy of greedy replies (see the module docstring); also returns failures.
+
+    `hold_words`: hold `UserWord` arguments to the user's words, as `minivox.backends.LocalBackend`
+    does in the agent (`hold_to_user_words`); False scores the calls as the model wrote them.
+    """
+    from minivox.backends import hold_to_user_words
     from minivox.data.textcorpus import WordNet
+    from minivox.tools import demo_tools
 
     wordnet = WordNet()
+    schemas = demo_tools().openai_schemas()
     sampling = SamplingConfig(temperature=0.0, max_tokens=max_tokens, stop_tokens=(template.end_id,))
     counts = {"tool_turns": 0, "tool_correct": 0, "answer_turns": 0, "answer_correct": 0, "text_turns": 0, "text_exact": 0}
     failures = []
@@ -292,6 +299,8 @@ def evaluate_dialogues(model: GPT, template: ChatTemplate, dialogues: list[dict]
                 continue
             ids = list(generate(model, prompt, sampling, cache=cache))
             text, calls = template.decode_reply(ids)
+            if calls and hold_words:  # as the agent's LocalBackend does
+                calls = hold_to_user_words(model, template, prompt, calls, schemas, messages[:i], cache)
             if ref.get("tool_calls"):
                 counts["tool_turns"] += 1
                 ok = calls is not None and _same_call_results(calls, ref["tool_calls"], wordnet)
@@ -360,9 +369,10 @@ def run_evaluate(args) -> int:
         return 0
     dialogues = read_jsonl(Path(args.dialogues_dir) / f"dialogues_{args.split}.jsonl")[: args.limit or None]
     start = time.time()
-    scores = evaluate_dialogues(model, template, dialogues, progress=True)
+    scores = evaluate_dialogues(model, template, dialogues, progress=True, hold_words=not args.free_words)
     failures = scores.pop("failures")
-    scores.update(split=args.split, dialogues=len(dialogues), int8=args.int8, seconds=round(time.time() - start, 1))
+    scores.update(split=args.split, dialogues=len(dialogues), int8=args.int8, held_words=not args.free_words,
+                  seconds=round(time.time() - start, 1))
     print(json.dumps(scores, indent=1))
     if args.failures:
         Path(args.failures).write_text("\n".join(json.dumps(f) for f in failures) + "\n", encoding="utf-8")
@@ -402,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--failures", help="write the failed turns here (JSONL)")
         p.add_argument("--int8", action="store_true", help="score the int8-weight model (minivox.llm.quantize_int8)")
+        p.add_argument("--free-words", action="store_true",
+                       help="score calls as the model wrote them, without holding word arguments to the user's "
+                            "words (minivox.backends.hold_to_user_words, which the agent does)")
         p.add_argument("--samples", action="store_true", help="print ten small-talk exchanges instead of scoring")
         return run_evaluate(p.parse_args(argv))
 
