@@ -375,27 +375,28 @@ def test_local_backend_streams_what_generate_produces(local_backend, template):
     assert deltas[-1].finish_reason in ("stop", "length") and not any(d.tool_calls for d in deltas)
 
 
+class Forced:
+    """A model whose first len(target) outputs are forced to write `target` (its real logits after that,
+    e.g. for scoring), so a test can make the backend see a given reply."""
+
+    def __init__(self, model, target: list[int]):
+        self.model, self.cfg, self.target, self.step = model, model.cfg, target, 0
+
+    def __call__(self, tokens, cache=None, last_only=False):
+        logits = self.model(tokens, cache, last_only)
+        if self.step < len(self.target):
+            logits = torch.full_like(logits, -1e9)
+            logits[..., self.target[self.step]] = 0
+        self.step += 1
+        return logits
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
 def test_local_backend_parses_a_tool_call(local_backend, template):
-    """Force the call marker and a JSON call through the model's output by banning everything else."""
     target = [template.call_id] + local_backend.tokenizer.encode('[{"name": "get_time", "arguments": {}}]') + [template.end_id]
-
-    class Forced:
-        """Wraps the model so that its logits favour the scripted tokens one after another."""
-
-        def __init__(self, model):
-            self.model, self.cfg, self.step = model, model.cfg, 0
-
-        def __call__(self, tokens, cache=None, last_only=False):
-            logits = self.model(tokens, cache, last_only)
-            forced = torch.full_like(logits, -1e9)
-            forced[..., target[min(self.step, len(target) - 1)]] = 0
-            self.step += 1
-            return forced
-
-        def __getattr__(self, name):
-            return getattr(self.model, name)
-
-    backend = LocalBackend(Forced(local_backend.model), local_backend.tokenizer)
+    backend = LocalBackend(Forced(local_backend.model, target), local_backend.tokenizer)
     deltas = list(backend.stream_chat([{"role": "user", "content": "time?"}], tools=[{"function": {}}],
                                       options=GenerationOptions()))
     assert deltas[-1].finish_reason == "tool_calls"
@@ -460,25 +461,7 @@ def test_held_word_arguments_become_the_user_word_the_model_would_start_with(loc
 def test_local_backend_holds_word_arguments_to_the_users_words(local_backend, template):
     target = [template.call_id] + local_backend.tokenizer.encode(format_tool_calls(
         [{"name": "define_word", "arguments": {"word": "compar"}}])) + [template.end_id]
-
-    class Forced:
-        """The model, with its generation forced to write the call above (scoring sees its real logits)."""
-
-        def __init__(self, model):
-            self.model, self.cfg, self.step = model, model.cfg, 0
-
-        def __call__(self, tokens, cache=None, last_only=False):
-            logits = self.model(tokens, cache, last_only)
-            if self.step < len(target):
-                logits = torch.full_like(logits, -1e9)
-                logits[..., target[self.step]] = 0
-            self.step += 1
-            return logits
-
-        def __getattr__(self, name):
-            return getattr(self.model, name)
-
-    backend = LocalBackend(Forced(local_backend.model), local_backend.tokenizer)
+    backend = LocalBackend(Forced(local_backend.model, target), local_backend.tokenizer)
     messages = [{"role": "user", "content": "what does charm mean"}]
     deltas = list(backend.stream_chat(messages, tools=_define_schemas(), options=GenerationOptions()))
     (call,) = deltas[-1].tool_calls
