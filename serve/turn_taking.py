@@ -20,7 +20,8 @@ deltas concatenated). It ends:
 
 - at an ASR final with `<EOU>` (`eou_latency` set): the turn ends at once (reason "eou");
 - at an ASR final with `<EOB>` (`eob_latency` set, `eou_latency` not): a backchannel, never a
-  turn end nor a barge-in;
+  turn end nor a barge-in, when its words are backchannels (below); with other words the ASR
+  misjudged a short request ("who are you?" ending in `<EOB>`), and it ends like `<EOU>`;
 - at an ASR final with neither (its silence reset, or the end of the stream), or when the VAD
   stopped and `vad_silence_ms` passed with no speech and no new ASR text (counted from the later
   of the VAD stop and the last text's `audio_time`): the turn ends with reason "vad-silence".
@@ -202,6 +203,8 @@ class TurnTaker:
         if getattr(result, "eou_latency", None) is not None:
             return actions + self._end_utterance("eou", result.audio_time)
         if getattr(result, "eob_latency", None) is not None:
+            if content_words(normalize_words(utt.text), self.backchannels):  # words no backchannel covers
+                return actions + self._end_utterance("eou", result.audio_time)
             return actions + self._end_utterance(None, result.audio_time)  # a backchannel: shown, never a turn
         return actions + self._end_utterance("vad-silence", result.audio_time)  # ASR silence reset / end of stream
 
