@@ -15,6 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import minivox.backends
 from minivox.backends import (ChatDelta, GenerationOptions, LocalBackend, from_openai_messages, hold_to_user_words,
                               to_openai_messages, user_words)
 from minivox.chat import APOLOGIES, Assistant, ChatContext, tag_speaker
@@ -423,10 +424,15 @@ def test_user_words_are_the_last_user_messages_words():
     assert user_words([{"role": "system", "content": "hi"}]) == []
 
 
-def test_held_word_arguments_become_the_user_word_the_model_would_start_with(local_backend, template):
+@pytest.mark.parametrize("weight", [None, 20.0])  # the default, and one where the context term decides ("mean")
+def test_held_word_arguments_become_the_user_word_the_model_would_start_with(local_backend, template, weight, monkeypatch):
     """A word argument outside the user's words is replaced by the user's word whose first piece
-    the model scores highest where the value starts (ties: the whole call's likelihood), computed
-    here from one uncached pass per word; everything else in the calls is kept."""
+    scores highest where the value starts, by context-aware decoding against the prompt with the
+    user's text left empty (ties: the whole call's likelihood), computed here from uncached passes
+    per word; everything else in the calls is kept."""
+    if weight is not None:
+        monkeypatch.setattr(minivox.backends, "CONTEXT_WEIGHT", weight)
+    alpha = minivox.backends.CONTEXT_WEIGHT
     model, tokenizer = local_backend.model, local_backend.tokenizer
     messages = [{"role": "system", "content": SYSTEM_PROMPT},
                 {"role": "user", "content": "<speaker_1> Hello, what does the word charm mean?"}]
@@ -440,14 +446,20 @@ def test_held_word_arguments_become_the_user_word_the_model_would_start_with(loc
             [{"name": "calculator", "arguments": {"expression": "2 + 2"}}, {"name": "define_word", "arguments": {"word": word}}])),
             template.end_id]
 
-    def logprobs(ids):  # of each of ids after the prompt, from one uncached pass
+    def logprobs(prompt, ids):  # of each of ids after the prompt, from one uncached pass
         with torch.no_grad():
             logp = torch.log_softmax(model(torch.tensor([prompt + ids]))[0], dim=-1)
         return [float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(ids)]
 
+    bare = template.encode_prompt([messages[0], {"role": "user", "content": ""}])
     ids = {w: call_ids(w) for w in words}
     first = min(next(j for j, (a, b) in enumerate(zip(ids[w], ids["hello"])) if a != b) for w in words[1:])
-    want = max(words, key=lambda w: (logprobs(ids[w])[first], sum(logprobs(ids[w]))))
+
+    def score(w):
+        real, without = logprobs(prompt, ids[w]), logprobs(bare, ids[w])
+        return real[first] + alpha * (real[first] - without[first]), sum(real)
+
+    want = max(words, key=score)
     assert [(c.name, json.loads(c.arguments), c.id) for c in held] == \
         [("calculator", {"expression": "2 + 2"}, "call_0"), ("define_word", {"word": want}, "call_1")]
     # Kept as written: a word the user said (any case), a tool without UserWord, a malformed call, no user words.
