@@ -135,8 +135,8 @@ def hold_to_user_words(model, template: ChatTemplate, prompt: Sequence[int], cal
             bare = continuation_logprobs(model, [*template.encode_prompt(_without_user_text(messages)), template.call_id,
                                                  *options[0][:shared]], tails, cache)
             real = continuation_logprobs(model, [*prompt, template.call_id, *options[0][:shared]], tails, cache)
-            best = max(range(len(words)), key=lambda i: (real[i][0] + CONTEXT_WEIGHT * (real[i][0] - bare[i][0]),
-                                                         sum(real[i])))
+            best = max(range(len(words)), key=lambda w: (real[w][0] + CONTEXT_WEIGHT * (real[w][0] - bare[w][0]),
+                                                         sum(real[w])))
             call["arguments"][key] = words[best]
             changed.add(i)
     return [ToolCall(p["name"], json.dumps(p["arguments"]), c.id) if i in changed else c

@@ -206,6 +206,17 @@ class KVCache:
         """Empty the cache (keeps the memory)."""
         self.crop(0)
 
+    def keep_prefix_of(self, ids: Sequence[int]) -> int:
+        """Crop to the longest prefix of `ids` the cache holds, short of the last id (its logits are
+        needed, so it is always recomputed); returns that prefix's length."""
+        common = 0
+        for cached, new in zip(self.token_ids, ids[:-1]):
+            if cached != new:
+                break
+            common += 1
+        self.crop(common)
+        return common
+
 
 class Attention(nn.Module):
     """Multi-head causal self-attention with rotary positions (one fused qkv projection, no biases)."""
@@ -541,13 +552,7 @@ class TokenStream:
     def _run(self) -> Iterator[int]:
         started = time.perf_counter()
         cache, sampling, stops = self.cache, self.sampling, set(self.sampling.stop_tokens)
-        common = 0  # reuse the longest prefix the cache already holds (one token is always recomputed)
-        for cached, new in zip(cache.token_ids, self.prompt[:-1]):
-            if cached != new:
-                break
-            common += 1
-        cache.crop(common)
-        self.reused_prefix = common
+        common = self.reused_prefix = cache.keep_prefix_of(self.prompt)
         with torch.inference_mode():
             logits = self._forward(self.prompt[common:])
         self.prefill_seconds = time.perf_counter() - started
@@ -606,12 +611,7 @@ def continuation_logprobs(model: GPT, prefix: Sequence[int], continuations: Sequ
     prefix = [int(t) for t in prefix]
     if not prefix or any(not c for c in continuations):
         raise ValueError("continuation_logprobs needs a non-empty prefix and non-empty continuations")
-    common = 0  # as in generate: reuse what the cache holds, recompute at least the last prefix token
-    for cached, new in zip(cache.token_ids, prefix[:-1]):
-        if cached != new:
-            break
-        common += 1
-    cache.crop(common)
+    common = cache.keep_prefix_of(prefix)
     device = cache.k.device
     last = model(torch.tensor([prefix[common:]], device=device), cache, last_only=True)[0, -1]  # [V]
     cache.token_ids += prefix[common:]
