@@ -11,7 +11,8 @@ fine-tuning (SFT) on chat dialogues with the loss on assistant tokens only.
     python -m minivox.train.llm --evaluate minivox/pretrained/llm_demo.pt --samples       # small-talk samples
 
 One run is: tokenizer (trained once, saved as {out}/tokenizer.model and reused on resume) ->
-`pretrain.steps` steps of next-token prediction on packed sentences -> `sft.steps` steps on
+`pretrain.steps` steps of next-token prediction on packed sentences (`pretrain.repeat_share` of the
+rows ending in a repeat of their own text, to learn copying: `with_repeats`) -> `sft.steps` steps on
 dialogues rendered with the chat template (minivox/chat_template.py). Every `eval_every` steps rank 0
 logs held-out perplexity (sentences), the dev SFT loss and tool-call accuracy on dev dialogues;
 every `checkpoint_every` steps and at exit (also on Ctrl-C / SIGTERM) it writes {out}/state.pt
@@ -82,6 +83,8 @@ class PhaseConfig:
     min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
     seq_len: int = 128  # pre-training chunk length (SFT uses whole dialogues up to max_seq_len)
     user_token_noise: float = 0.0  # SFT only: share of user-message tokens replaced by random ones (unseen phrasing, ASR errors)
+    repeat_share: float = 0.0  # pre-training only: share of rows that end by repeating a span of themselves
+    #   (with_repeats): the demo model never learnt to copy from unrelated sentences, and the assistant must copy
 
 
 @dataclass
@@ -145,6 +148,24 @@ def pack_sentences(tokenizer: Tokenizer, texts: list[str], seq_len: int, end_id:
         return torch.zeros(0, seq_len + 1, dtype=torch.long)
     data = torch.tensor(stream[: n * seq_len + 1], dtype=torch.long)
     return data.unfold(0, seq_len + 1, seq_len)  # [N, seq_len + 1]: row i starts at i * seq_len
+
+
+def with_repeats(rows: torch.Tensor, share: float, seed: int) -> torch.Tensor:
+    """A copy of `rows` [N, L + 1] in which a `share` of the rows end with a repeat: their last k tokens
+    (8 <= k <= (L + 1) // 3) replaced by a span from earlier in the same row.
+
+    Rows of unrelated short sentences hardly ever repeat anything, and a model learns to copy (the
+    "induction heads" of Olsson et al. 2022) from text that does; the assistant must copy the
+    user's words into calls and tool results into answers. Seeded: the same rows on every resume.
+    """
+    rows, rng = rows.clone(), random.Random(f"repeats/{seed}")
+    width = rows.shape[1]
+    for i in range(len(rows)):
+        if rng.random() < share:
+            k = rng.randint(8, width // 3)
+            source = rng.randint(0, width - 2 * k)  # the span lies wholly before the tail it is copied to
+            rows[i, width - k:] = rows[i, source:source + k]
+    return rows
 
 
 def encode_dialogues(template: ChatTemplate, dialogues: list[dict], max_len: int) -> tuple[list[list[int]], list[list[int]], int]:
@@ -454,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     template = ChatTemplate(tokenizer)
 
     pre_rows = pack_sentences(tokenizer, train_sentences, cfg.pretrain.seq_len, template.end_id)  # [N, L + 1]
+    if cfg.pretrain.repeat_share:
+        pre_rows = with_repeats(pre_rows, cfg.pretrain.repeat_share, cfg.seed)
     pre_eval_rows = pack_sentences(tokenizer, heldout_sentences, cfg.pretrain.seq_len, template.end_id)
     rows_per_batch = max(1, cfg.pretrain.batch_tokens // cfg.pretrain.seq_len)
     pre_batches = ResumableBatches([list(range(i, min(i + rows_per_batch, len(pre_rows))))
