@@ -402,6 +402,24 @@ def test_with_repeats_ends_a_share_of_rows_with_a_span_of_themselves():
     assert 160 <= changed <= 240  # ~ half of 400
 
 
+def test_copy_accuracy_tells_a_copier_from_a_model_that_does_not():
+    from minivox.train.llm import copy_accuracy
+
+    rows = torch.arange(40 * 33).view(40, 33)  # distinct tokens: only a repeat can be predicted
+
+    def induction(x):  # predicts the token that followed the previous occurrence of the current one
+        logits = torch.zeros(*x.shape, 40 * 33)
+        for b, row in enumerate(x.tolist()):
+            for t, token in enumerate(row):
+                earlier = [j for j in range(t) if row[j] == token]
+                if earlier:
+                    logits[b, t, row[earlier[-1] + 1]] = 1.0
+        return logits
+
+    assert copy_accuracy(induction, rows) == (1.0, 0.0)
+    assert copy_accuracy(lambda x: torch.zeros(*x.shape, 40 * 33), rows) == (0.0, 0.0)
+
+
 def test_sft_targets_are_assistant_tokens_only(llm_data):
     import json
 

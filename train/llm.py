@@ -9,6 +9,7 @@ fine-tuning (SFT) on chat dialogues with the loss on assistant tokens only.
     torchrun --standalone --nproc_per_node=2 -m minivox.train.llm --config configs/llm_base.toml
     python -m minivox.train.llm --evaluate minivox/pretrained/llm_demo.pt --split test    # scores only
     python -m minivox.train.llm --evaluate minivox/pretrained/llm_demo.pt --samples       # small-talk samples
+    python -m minivox.train.llm --evaluate minivox/pretrained/llm_demo.pt --copy-probe data/llm/sentences.jsonl
 
 One run is: tokenizer (trained once, saved as {out}/tokenizer.model and reused on resume) ->
 `pretrain.steps` steps of next-token prediction on packed sentences (`pretrain.repeat_share` of the
@@ -352,6 +353,21 @@ def evaluate_dialogues(model: GPT, template: ChatTemplate, dialogues: list[dict]
 
 
 @torch.no_grad()
+def copy_accuracy(model: GPT, rows: torch.Tensor, seed: int = 0) -> tuple[float, float]:
+    """In-context copying: (accuracy on repeated tokens, accuracy on the rest) of greedy next-token
+    predictions over `rows` [N, L + 1] of text, each made to end by repeating a span of itself
+    (`with_repeats`). A model that copies predicts a repeat after its first token; one that does
+    not scores as on ordinary text."""
+    repeated = with_repeats(rows, 1.0, seed)
+    tail = (rows != repeated).sum(1)  # [N] tokens replaced (the repeat's length, where tokens differ)
+    hits = model(repeated[:, :-1]).argmax(-1) == repeated[:, 1:]  # [N, L]
+    width = hits.shape[1]
+    copied = torch.cat([hits[i, width - int(k) + 1:] for i, k in enumerate(tail) if k > 1])
+    text = torch.cat([hits[i, : width - 2 * int(k)] for i, k in enumerate(tail)])
+    return float(copied.float().mean()), float(text.float().mean())
+
+
+@torch.no_grad()
 def mean_loss(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """Token-weighted mean loss over (x, y) batches."""
     total, count = 0.0, 0
@@ -387,6 +403,14 @@ def run_evaluate(args) -> int:
     if args.samples:
         for prompt, reply in small_talk_samples(model):
             print(f"> {prompt}\n{reply}\n")
+        return 0
+    if args.copy_probe:
+        sentences = [row["text"] for row in read_jsonl(args.copy_probe)]
+        held = [text for text in sentences if is_heldout(text, DataConfig.heldout_per_mille)]
+        rows = pack_sentences(model.tokenizer, held, 128, template.end_id)[:64]  # [N, 129]
+        copied, text = copy_accuracy(model, rows)
+        print(json.dumps({"copied_tokens_accuracy": round(copied, 4), "text_tokens_accuracy": round(text, 4),
+                          "rows": len(rows)}, indent=1))
         return 0
     dialogues = read_jsonl(Path(args.dialogues_dir) / f"dialogues_{args.split}.jsonl")[: args.limit or None]
     start = time.time()
@@ -437,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="score calls as the model wrote them, without holding word arguments to the user's "
                             "words (minivox.backends.hold_to_user_words, which the agent does)")
         p.add_argument("--samples", action="store_true", help="print ten small-talk exchanges instead of scoring")
+        p.add_argument("--copy-probe", metavar="SENTENCES_JSONL",
+                       help="instead of scoring dialogues: how well the model copies in context, on the held-out "
+                            "sentences of this file made to repeat themselves (copy_accuracy)")
         return run_evaluate(p.parse_args(argv))
 
     args = parse_train_args(__doc__, "configs/llm_demo.toml", argv, init_from=True)
