@@ -387,15 +387,17 @@ def test_with_repeats_ends_a_share_of_rows_with_a_span_of_themselves():
     from minivox.train.llm import with_repeats
 
     rows = torch.arange(400 * 33).view(400, 33)  # every token distinct: a copied span is easy to find
-    assert torch.equal(with_repeats(rows, 0.0, seed=1), rows)
-    out = with_repeats(rows, 0.5, seed=1)
-    assert torch.equal(out, with_repeats(rows, 0.5, seed=1)) and torch.equal(rows, torch.arange(400 * 33).view(400, 33))
+    assert torch.equal(with_repeats(rows, 0.0, seed=1)[0], rows)
+    out, lengths = with_repeats(rows, 0.5, seed=1)
+    assert torch.equal(out, with_repeats(rows, 0.5, seed=1)[0]) and torch.equal(rows, torch.arange(400 * 33).view(400, 33))
     changed = 0
-    for row, new in zip(rows, out):
+    for row, new, length in zip(rows, out, lengths):
         if torch.equal(row, new):
+            assert length == 0
             continue
         changed += 1
         k = int((row != new).sum())  # the tail was replaced ...
+        assert k == length
         assert 8 <= k <= 11 and torch.equal(new[:-k], row[:-k])
         start = int(new[-k]) - int(row[0])  # ... by the span of the row that starts with its first token
         assert 0 <= start <= 33 - 2 * k and torch.equal(new[-k:], row[start:start + k])

@@ -151,22 +151,22 @@ def pack_sentences(tokenizer: Tokenizer, texts: list[str], seq_len: int, end_id:
     return data.unfold(0, seq_len + 1, seq_len)  # [N, seq_len + 1]: row i starts at i * seq_len
 
 
-def with_repeats(rows: torch.Tensor, share: float, seed: int) -> torch.Tensor:
+def with_repeats(rows: torch.Tensor, share: float, seed: int) -> tuple[torch.Tensor, list[int]]:
     """A copy of `rows` [N, L + 1] in which a `share` of the rows end with a repeat: their last k tokens
-    (8 <= k <= (L + 1) // 3) replaced by a span from earlier in the same row.
+    (8 <= k <= (L + 1) // 3) replaced by a span from earlier in the same row; and each row's k (0: none).
 
     Rows of unrelated short sentences hardly ever repeat anything, and a model learns to copy (the
     "induction heads" of Olsson et al. 2022) from text that does; the assistant must copy the
     user's words into calls and tool results into answers. Seeded: the same rows on every resume.
     """
     rows, rng = rows.clone(), random.Random(f"repeats/{seed}")
-    width = rows.shape[1]
+    width, lengths = rows.shape[1], [0] * len(rows)
     for i in range(len(rows)):
         if rng.random() < share:
-            k = rng.randint(8, width // 3)
+            k = lengths[i] = rng.randint(8, width // 3)
             source = rng.randint(0, width - 2 * k)  # the span lies wholly before the tail it is copied to
             rows[i, width - k:] = rows[i, source:source + k]
-    return rows
+    return rows, lengths
 
 
 def encode_dialogues(template: ChatTemplate, dialogues: list[dict], max_len: int) -> tuple[list[list[int]], list[list[int]], int]:
@@ -358,12 +358,11 @@ def copy_accuracy(model: GPT, rows: torch.Tensor, seed: int = 0) -> tuple[float,
     predictions over `rows` [N, L + 1] of text, each made to end by repeating a span of itself
     (`with_repeats`). A model that copies predicts a repeat after its first token; one that does
     not scores as on ordinary text."""
-    repeated = with_repeats(rows, 1.0, seed)
-    tail = (rows != repeated).sum(1)  # [N] tokens replaced (the repeat's length, where tokens differ)
+    repeated, tail = with_repeats(rows, 1.0, seed)
     hits = model(repeated[:, :-1]).argmax(-1) == repeated[:, 1:]  # [N, L]
     width = hits.shape[1]
-    copied = torch.cat([hits[i, width - int(k) + 1:] for i, k in enumerate(tail) if k > 1])
-    text = torch.cat([hits[i, : width - 2 * int(k)] for i, k in enumerate(tail)])
+    copied = torch.cat([hits[i, width - k + 1:] for i, k in enumerate(tail)])  # the repeat after its first token
+    text = torch.cat([hits[i, : width - 2 * k] for i, k in enumerate(tail)])
     return float(copied.float().mean()), float(text.float().mean())
 
 
@@ -407,7 +406,7 @@ def run_evaluate(args) -> int:
     if args.copy_probe:
         sentences = [row["text"] for row in read_jsonl(args.copy_probe)]
         held = [text for text in sentences if is_heldout(text, DataConfig.heldout_per_mille)]
-        rows = pack_sentences(model.tokenizer, held, 128, template.end_id)[:64]  # [N, 129]
+        rows = pack_sentences(model.tokenizer, held, PhaseConfig.seq_len, template.end_id)[:64]  # [N, L + 1]
         copied, text = copy_accuracy(model, rows)
         print(json.dumps({"copied_tokens_accuracy": round(copied, 4), "text_tokens_accuracy": round(text, 4),
                           "rows": len(rows)}, indent=1))
@@ -503,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pre_rows = pack_sentences(tokenizer, train_sentences, cfg.pretrain.seq_len, template.end_id)  # [N, L + 1]
     if cfg.pretrain.repeat_share:
-        pre_rows = with_repeats(pre_rows, cfg.pretrain.repeat_share, cfg.seed)
+        pre_rows, _ = with_repeats(pre_rows, cfg.pretrain.repeat_share, cfg.seed)
     pre_eval_rows = pack_sentences(tokenizer, heldout_sentences, cfg.pretrain.seq_len, template.end_id)
     rows_per_batch = max(1, cfg.pretrain.batch_tokens // cfg.pretrain.seq_len)
     pre_batches = ResumableBatches([list(range(i, min(i + rows_per_batch, len(pre_rows))))
