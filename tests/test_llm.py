@@ -362,12 +362,13 @@ def llm_data(tmp_path_factory):
 
 def test_training_resume_is_exact_across_the_phase_boundary(llm_data, tmp_path):
     """6 straight steps == 4 steps, stop, --resume, 2 more (pre-training 3 + SFT 3, with token
-    noise): same weights, bit for bit."""
+    noise and copying rows in both phases): same weights, bit for bit."""
     from minivox.train.llm import main
 
     common = [f"data.sentences={llm_data / 'sentences.jsonl'}",
               f"data.dialogues_dir={llm_data}", "pretrain.steps=3", "sft.steps=3", "pretrain.batch_tokens=256",
-              "sft.batch_tokens=1024", "eval_dialogues=1", "data.max_sentences=0", "sft.user_token_noise=0.2"]
+              "sft.batch_tokens=1024", "eval_dialogues=1", "data.max_sentences=0", "sft.user_token_noise=0.2",
+              "pretrain.copy_share=0.5", "sft.copy_share=0.25"]
     config = ["--config", "configs/llm_tiny.toml"]
     assert main(config + ["--out", str(tmp_path / "straight")] + common) == 0
     assert main(config + ["--out", str(tmp_path / "split")] + common + ["stop_at=4"]) == 0
@@ -404,22 +405,61 @@ def test_with_repeats_ends_a_share_of_rows_with_a_span_of_themselves():
     assert 160 <= changed <= 240  # ~ half of 400
 
 
+def induction_oracle(x: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Logits of a perfect copier: the token that followed the previous occurrence of the current one."""
+    logits = torch.zeros(*x.shape, vocab_size)
+    for b, row in enumerate(x.tolist()):
+        for t, token in enumerate(row):
+            earlier = [j for j in range(t) if row[j] == token]
+            if earlier:
+                logits[b, t, row[earlier[-1] + 1]] = 1.0
+    return logits
+
+
 def test_copy_accuracy_tells_a_copier_from_a_model_that_does_not():
     from minivox.train.llm import copy_accuracy
 
     rows = torch.arange(40 * 33).view(40, 33)  # distinct tokens: only a repeat can be predicted
-
-    def induction(x):  # predicts the token that followed the previous occurrence of the current one
-        logits = torch.zeros(*x.shape, 40 * 33)
-        for b, row in enumerate(x.tolist()):
-            for t, token in enumerate(row):
-                earlier = [j for j in range(t) if row[j] == token]
-                if earlier:
-                    logits[b, t, row[earlier[-1] + 1]] = 1.0
-        return logits
-
-    assert copy_accuracy(induction, rows) == (1.0, 0.0)
+    assert copy_accuracy(lambda x: induction_oracle(x, 40 * 33), rows) == (1.0, 0.0)
     assert copy_accuracy(lambda x: torch.zeros(*x.shape, 40 * 33), rows) == (0.0, 0.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 6), width=st.integers(16, 80), seed=st.integers(0, 10**6))
+def test_induction_rows_score_exactly_what_copying_predicts(n, width, seed):
+    """Each row is a span of 8 <= p <= width // 2 tokens of the vocabulary, repeated; the targets are
+    the next tokens from the span's second copy on (after its first token), and a perfect copier predicts every one of
+    them (a large vocabulary: chance repeats inside a span almost never happen)."""
+    from minivox.train.llm import IGNORE_INDEX, induction_rows
+
+    vocab = torch.arange(10**6, 10**6 + 10**5)
+    x, y = induction_rows(n, width, vocab, torch.Generator().manual_seed(seed))
+    again = induction_rows(n, width, vocab, torch.Generator().manual_seed(seed))
+    assert torch.equal(x, again[0]) and torch.equal(y, again[1])
+    assert x.shape == y.shape == (n, width) and bool(((x >= 10**6) & (x < 10**6 + 10**5)).all())
+    for row, target in zip(x, y):
+        scored = (target != IGNORE_INDEX).nonzero().flatten()
+        p = width - len(scored)  # the period: scored from the second copy's first token on
+        assert 8 <= p <= width // 2 and scored.tolist() == list(range(p, width))
+        assert torch.equal(row[p:], row[:width - p])  # periodic
+        assert torch.equal(target[p:-1], row[p + 1:])  # targets are the next inputs ...
+        assert int(target[-1]) == int(row[width - p])  # ... and the last one continues the pattern
+        if len(set(row[:p].tolist())) == p:  # no chance repeat inside the span: a copier is exact
+            hits = induction_oracle(row[None], 10**6 + 10**5)[0].argmax(-1) == target
+            assert bool(hits[scored].all())
+
+
+def test_copy_vocabulary_and_join_batches():
+    from minivox.train.llm import IGNORE_INDEX, copy_vocabulary, join_batches
+
+    ids = [[5, 5, 5, 2, 9], [9, 5, 7]]
+    assert copy_vocabulary(ids, 2, exclude=set()).tolist() == [5, 9]
+    assert copy_vocabulary(ids, 0, exclude={5}).tolist() == [9, 2, 7]  # every id seen, commonest first
+    a = (torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long))
+    b = (torch.full((1, 5), 7), torch.full((1, 5), 8))
+    x, y = join_batches(a, b)
+    assert x.tolist() == [[1, 1, 1, 0, 0]] * 2 + [[7] * 5]
+    assert y.tolist() == [[1, 1, 1, IGNORE_INDEX, IGNORE_INDEX]] * 2 + [[8] * 5]
 
 
 def test_sft_targets_are_assistant_tokens_only(llm_data):

@@ -14,7 +14,9 @@ fine-tuning (SFT) on chat dialogues with the loss on assistant tokens only.
 One run is: tokenizer (trained once, saved as {out}/tokenizer.model and reused on resume) ->
 `pretrain.steps` steps of next-token prediction on packed sentences (`pretrain.repeat_share` of the
 rows ending in a repeat of their own text, to learn copying: `with_repeats`) -> `sft.steps` steps on
-dialogues rendered with the chat template (minivox/chat_template.py). Every `eval_every` steps rank 0
+dialogues rendered with the chat template (minivox/chat_template.py). `copy_share` gives a share of
+either phase's batches to synthetic copying rows (`induction_rows`: random tokens that repeat a span
+of themselves), which teach in-context copying where text alone did not. Every `eval_every` steps rank 0
 logs held-out perplexity (sentences), the dev SFT loss and tool-call accuracy on dev dialogues;
 every `checkpoint_every` steps and at exit (also on Ctrl-C / SIGTERM) it writes {out}/state.pt
 (exact resume) and {out}/llm.pt (inference checkpoint); at the end, `export` gets an fp16 copy.
@@ -86,6 +88,9 @@ class PhaseConfig:
     user_token_noise: float = 0.0  # SFT only: share of user-message tokens replaced by random ones (unseen phrasing, ASR errors)
     repeat_share: float = 0.0  # pre-training only: share of rows that end by repeating a span of themselves
     #   (with_repeats): the demo model never learnt to copy from unrelated sentences, and the assistant must copy
+    copy_share: float = 0.0  # share of each step's batch_tokens given to synthetic copying rows (induction_rows),
+    #   the rest to the phase's own data (pre-training may take 1.0: nothing but copying)
+    copy_vocab: int = 0  # the copying rows draw from this many of the dialogues' commonest pieces (0: all of them)
 
 
 @dataclass
@@ -167,6 +172,46 @@ def with_repeats(rows: torch.Tensor, share: float, seed: int) -> tuple[torch.Ten
             source = rng.randint(0, width - 2 * k)  # the span lies wholly before the tail it is copied to
             rows[i, width - k:] = rows[i, source:source + k]
     return rows, lengths
+
+
+def induction_rows(n: int, width: int, vocab: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n synthetic rows for learning to copy: inputs x [n, width], each a random span of p tokens
+    (8 <= p <= width // 2, drawn uniformly from `vocab`) repeated to fill the row, and targets y
+    [n, width]: the next token wherever copying predicts it (from the span's second copy on, once
+    its first token has shown where the copy is), IGNORE_INDEX elsewhere.
+
+    Copying from context (the "induction heads" of Olsson et al. 2022: find where the current token
+    occurred before, predict what followed it) is what the assistant needs to echo numbers, words and
+    dictionary entries, and the demo model did not learn it from sentences or dialogues. On random
+    tokens nothing but copying predicts anything, and with most of each row repeating, the skill
+    appears after a short plateau (a 2-layer model: ~300 steps of 32 rows; one span repeated once
+    per row took it 1,500).
+    """
+    x = torch.empty(n, width + 1, dtype=torch.long)
+    y = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+    for i in range(n):
+        p = int(torch.randint(8, width // 2 + 1, (1,), generator=generator))
+        span = vocab[torch.randint(len(vocab), (p,), generator=generator)]
+        x[i] = span.repeat(width // p + 1)[: width + 1]
+        y[i, p:] = x[i, p + 1:]  # target at t is token t + 1: scored from the second copy's second token on
+    return x[:, :-1], y
+
+
+def copy_vocabulary(ids: list[list[int]], size: int, exclude: set[int]) -> torch.Tensor:
+    """The `size` commonest token ids of `ids` (0: every id that occurs), without `exclude`."""
+    counts = torch.bincount(torch.tensor([t for row in ids for t in row]))
+    if exclude:
+        counts[[i for i in exclude if i < len(counts)]] = 0
+    order = torch.argsort(counts, descending=True, stable=True)
+    order = order[counts[order] > 0]
+    return order[:size] if size else order
+
+
+def join_batches(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two (x, y) batches as one, the narrower right-padded (inputs 0, targets IGNORE_INDEX)."""
+    width = max(a[0].shape[1], b[0].shape[1])
+    pad = lambda t, value: F.pad(t, (0, width - t.shape[1]), value=value)  # noqa: E731
+    return (torch.cat([pad(a[0], 0), pad(b[0], 0)]), torch.cat([pad(a[1], IGNORE_INDEX), pad(b[1], IGNORE_INDEX)]))
 
 
 def encode_dialogues(template: ChatTemplate, dialogues: list[dict], max_len: int) -> tuple[list[list[int]], list[list[int]], int]:
@@ -467,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_train_args(__doc__, "configs/llm_demo.toml", argv, init_from=True)
     cfg = load_config(TrainLLMConfig, args.config, args.overrides)
+    if not (0 <= cfg.pretrain.copy_share <= 1 and 0 <= cfg.sft.copy_share < 1):
+        raise ValueError(f"copy_share is a share of each batch: pretrain.copy_share must be in [0, 1] and "
+                         f"sft.copy_share in [0, 1), got {cfg.pretrain.copy_share} and {cfg.sft.copy_share}")
     dist = init_distributed(cfg.device)
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed + dist.rank)
@@ -514,7 +562,11 @@ def main(argv: list[str] | None = None) -> int:
         sft_noise_at = [user_token_positions(template, x, value_ids) for x in sft_ids]
         noise_vocab = torch.tensor(sorted({ids[i] for ids, pos in zip(sft_ids, sft_noise_at) for i in pos}))
     dev_ids, dev_targets, _ = encode_dialogues(template, dev_dialogues, cfg.model.max_seq_len)
-    sft_batches = ResumableBatches(length_batches([len(x) for x in sft_ids], cfg.sft.batch_tokens),
+    specials = {*template.role_ids.values(), template.end_id, template.call_id, *template.speaker_ids}
+    copy_vocab = {phase: copy_vocabulary(sft_ids, p.copy_vocab, specials)  # what induction_rows draw from
+                  for phase, p in (("pretrain", cfg.pretrain), ("sft", cfg.sft)) if p.copy_share > 0}
+    sft_batch_tokens = round(cfg.sft.batch_tokens * (1 - cfg.sft.copy_share))  # the rest: copying rows
+    sft_batches = ResumableBatches(length_batches([len(x) for x in sft_ids], sft_batch_tokens),
                                    seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
     say(f"pre-training: {pre_rows.numel() / 1e6:.2f}M tokens in {len(pre_rows)} rows of {cfg.pretrain.seq_len}, "
         f"{pre_batches.per_epoch} batches/epoch; SFT: {len(sft_ids)} dialogues ({sum(map(len, sft_ids)) / 1e6:.2f}M tokens, "
@@ -584,8 +636,11 @@ def main(argv: list[str] | None = None) -> int:
     tokens_seen, window_start = 0, time.time()
     try:
         while step < total_steps and not stop.agreed(dist) and not (cfg.stop_at and step >= cfg.stop_at):
-            if step < cfg.pretrain.steps:
-                rows = pre_rows[next(pre_stream)]  # [B, L + 1]
+            phase = "pretrain" if step < cfg.pretrain.steps else "sft"
+            p = cfg.pretrain if phase == "pretrain" else cfg.sft
+            n_copy = round(p.copy_share * p.batch_tokens / p.seq_len)
+            if phase == "pretrain":
+                rows = pre_rows[next(pre_stream)][: rows_per_batch - n_copy] if n_copy < rows_per_batch else pre_rows[:0]
                 x, y = rows[:, :-1], rows[:, 1:]
             else:
                 index = next(sft_stream)
@@ -593,6 +648,9 @@ def main(argv: list[str] | None = None) -> int:
                 if cfg.sft.user_token_noise > 0:
                     noise_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + dist.rank * 10_007 + step)
                     x = add_token_noise(x, [sft_noise_at[i] for i in index], noise_vocab, cfg.sft.user_token_noise, noise_rng)
+            if n_copy:  # seeded by the step, like the noise: the same rows on resume
+                copy_rng = torch.Generator().manual_seed(cfg.seed * 1_000_033 + dist.rank * 10_009 + step)
+                x, y = join_batches((x, y), induction_rows(n_copy, p.seq_len, copy_vocab[phase], copy_rng))
             x, y = x.to(dist.device), y.to(dist.device)
             loss = lm_loss(train_model, x, y)
             optimizer.zero_grad(set_to_none=True)
@@ -605,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(1)
             if step % cfg.log_every == 0:
                 elapsed = time.time() - window_start
-                record = {"step": step, "phase": "pretrain" if step <= cfg.pretrain.steps else "sft",
+                record = {"step": step, "phase": phase,
                           "loss": round(loss.item(), 4), "lr": scheduler.get_last_lr()[0],
                           "grad_norm": round(float(grad_norm), 3), "tokens_per_s": round(tokens_seen / elapsed)}
                 logger.log(kind="train", **record)
