@@ -542,3 +542,17 @@ def test_token_noise_replaces_only_user_text_tokens(llm_data):
     assert all(10 <= noisy[row, i] < 20 for row, i in changed)
     drawn = sum(1 for row, i in allowed if noisy[row, i] != x[row, i] or x[row, i] in range(10, 20))
     assert 0.2 < drawn / len(allowed) < 0.4
+
+
+def test_training_script_reports_a_user_mistake_in_one_line(tmp_path, capsys):
+    """A missing data file or a bad config value: `error: ...` on stderr and exit status 2, no traceback."""
+    from minivox.train.common import run_main
+    from minivox.train.llm import main
+
+    missing = tmp_path / "no_such_sentences.jsonl"
+    args = ["--config", "configs/llm_tiny.toml", "--out", str(tmp_path / "run")]
+    assert run_main(lambda: main(args + [f"data.sentences={missing}"])) == 2
+    assert run_main(lambda: main(args + ["sft.copy_share=1.0"])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and str(missing) in err[0] and "sft.copy_share" in err[1]
+    assert all(line.startswith("error: ") for line in err)

@@ -93,7 +93,7 @@ from minivox.kernels import rnnt_loss
 from minivox.metrics import word_error_rate
 from minivox.text import Tokenizer
 from minivox.train.common import (GracefulStop, JSONLLogger, ResumableBatches, all_reduce_mean, cleanup_distributed,
-                                  init_distributed, load_training_state, make_scheduler, parse_train_args,
+                                  init_distributed, load_training_state, make_scheduler, parse_train_args, run_main,
                                   save_training_state, seed_everything)
 
 # ---------------------------------------------------------------------------------------
@@ -575,4 +575,4 @@ def checkpoint_meta(cfg: ASRTrainingConfig, step: int, extra: dict, params: int)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -320,6 +320,21 @@ class JSONLLogger:
             f.write(json.dumps(record) + "\n")
 
 
+def run_main(main) -> int:
+    """Run a training script's main(): a user's mistake (a missing file, a bad config value: OSError
+    or ValueError, whose messages say what is wrong) is one line on stderr and exit status 2, not a
+    traceback. MINIVOX_TRACEBACK=1 shows the traceback."""
+    import sys
+
+    try:
+        return main()
+    except (OSError, ValueError) as exc:
+        if os.environ.get("MINIVOX_TRACEBACK"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def parse_train_args(doc: str | None, default_config: str, argv: list[str] | None = None,
                      init_from: bool = False) -> argparse.Namespace:
     """The arguments every training script takes: --config, --out, --resume, then key=value overrides

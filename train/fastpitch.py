@@ -60,7 +60,7 @@ from minivox.normalize import normalize_text
 from minivox.pitch import TTS_PITCH, estimate_pitch
 from minivox.text import tts_symbol_ids
 from minivox.train.common import (GracefulStop, JSONLLogger, ResumableBatches, all_reduce_mean, cleanup_distributed,
-                                  init_distributed, load_training_state, make_scheduler, parse_train_args,
+                                  init_distributed, load_training_state, make_scheduler, parse_train_args, run_main,
                                   save_training_state, seed_everything)
 
 # ---------------------------------------------------------------------------------------
@@ -392,4 +392,4 @@ def checkpoint_meta(cfg: FastPitchTrainingConfig, step: int, extra: dict, params
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -55,7 +55,7 @@ from minivox.data.manifest import read_manifest
 from minivox.hifigan import (HiFiGAN, HiFiGANConfig, HiFiGANLossWeights, discriminator_loss,
                              feature_matching_loss, generator_adversarial_loss)
 from minivox.train.common import (GracefulStop, JSONLLogger, ResumableBatches, all_reduce_mean, cleanup_distributed,
-                                  init_distributed, load_training_state, make_scheduler, parse_train_args,
+                                  init_distributed, load_training_state, make_scheduler, parse_train_args, run_main,
                                   save_training_state, seed_everything)
 
 # ---------------------------------------------------------------------------------------
@@ -374,4 +374,4 @@ def checkpoint_meta(cfg: HiFiGANTrainingConfig, step: int, extra: dict, params: 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -55,7 +55,7 @@ from minivox.config import load_config
 from minivox.llm import GPT, GPTConfig, SamplingConfig, generate, quantize_int8
 from minivox.text import Tokenizer
 from minivox.train.common import (GracefulStop, JSONLLogger, ResumableBatches, cleanup_distributed,
-                                  init_distributed, load_training_state, lr_factor, parse_train_args,
+                                  init_distributed, load_training_state, lr_factor, parse_train_args, run_main,
                                   save_training_state, seed_everything)
 
 
@@ -687,4 +687,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
