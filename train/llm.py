@@ -679,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
     if stop.requested:
         say("interrupted: saving the training state")
     save_all(final=step >= total_steps)
-    if dist.is_main and step >= total_steps:
+    if dist.is_main and step >= total_steps and step % cfg.eval_every and step != cfg.pretrain.steps:  # unless the loop just did
         evaluate()
     say(f"stopped at step {step}; resume with --resume {out / 'state.pt'}" if step < total_steps else f"done: {out / 'llm.pt'}")
     cleanup_distributed()
