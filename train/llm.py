@@ -183,9 +183,9 @@ def induction_rows(n: int, width: int, vocab: torch.Tensor, generator: torch.Gen
     Copying from context (the "induction heads" of Olsson et al. 2022: find where the current token
     occurred before, predict what followed it) is what the assistant needs to echo numbers, words and
     dictionary entries, and the demo model did not learn it from sentences or dialogues. On random
-    tokens nothing but copying predicts anything, and with most of each row repeating, the skill
-    appears after a short plateau (a 2-layer model: ~300 steps of 32 rows; one span repeated once
-    per row took it 1,500).
+    tokens nothing but copying predicts anything, and with most of each row repeating, the plateau
+    before the skill appears is shorter (a 2-layer model: ~350 steps of 32 rows, against 1,500 with
+    one span repeated once per row; the 6-layer demo model takes far longer: MODEL_CARD.md).
     """
     x = torch.empty(n, width + 1, dtype=torch.long)
     y = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
