@@ -629,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         tqdm.write(json.dumps(record))
         model.train()
 
+    eval_step = lambda s: s % cfg.eval_every == 0 or s == cfg.pretrain.steps  # noqa: E731 (and at the end)
     stop = GracefulStop()  # Ctrl-C / SIGTERM: finish the step, save, exit
     pre_stream, sft_stream = iter(pre_batches), iter(sft_batches)
     bar = tqdm(total=total_steps, initial=step, disable=not dist.is_main, desc="llm", dynamic_ncols=True)
@@ -669,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
                 logger.log(kind="train", **record)
                 bar.set_postfix(loss=f"{loss.item():.3f}", phase=record["phase"])
                 tokens_seen, window_start = 0, time.time()
-            if dist.is_main and (step % cfg.eval_every == 0 or step == cfg.pretrain.steps):
+            if dist.is_main and eval_step(step):
                 evaluate()
             if step % cfg.checkpoint_every == 0:
                 save_all()
@@ -679,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     if stop.requested:
         say("interrupted: saving the training state")
     save_all(final=step >= total_steps)
-    if dist.is_main and step >= total_steps and step % cfg.eval_every and step != cfg.pretrain.steps:  # unless the loop just did
+    if dist.is_main and step >= total_steps and not eval_step(step):  # the loop has not just evaluated it
         evaluate()
     say(f"stopped at step {step}; resume with --resume {out / 'state.pt'}" if step < total_steps else f"done: {out / 'llm.pt'}")
     cleanup_distributed()
