@@ -26,6 +26,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,8 +325,6 @@ def run_main(main) -> int:
     """Run a training script's main(): a user's mistake (a missing file, a bad config value: OSError
     or ValueError, whose messages say what is wrong) is one line on stderr and exit status 2, not a
     traceback. MINIVOX_TRACEBACK=1 shows the traceback."""
-    import sys
-
     try:
         return main()
     except (OSError, ValueError) as exc:

@@ -113,6 +113,11 @@ class TrainLLMConfig:
     export: str = ""  # fp16 inference checkpoint written at the end (e.g. minivox/pretrained/llm_demo.pt)
     stop_at: int = 0  # stop after this many steps (state saved, resumable); 0 = run to the end
 
+    def __post_init__(self):
+        if not (0 <= self.pretrain.copy_share <= 1 and 0 <= self.sft.copy_share < 1):
+            raise ValueError(f"copy_share is a share of each batch: pretrain.copy_share must be in [0, 1] and "
+                             f"sft.copy_share in [0, 1), got {self.pretrain.copy_share} and {self.sft.copy_share}")
+
 
 # ---------------------------------------------------------------------------------------------
 # Data
@@ -512,9 +517,6 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_train_args(__doc__, "configs/llm_demo.toml", argv, init_from=True)
     cfg = load_config(TrainLLMConfig, args.config, args.overrides)
-    if not (0 <= cfg.pretrain.copy_share <= 1 and 0 <= cfg.sft.copy_share < 1):
-        raise ValueError(f"copy_share is a share of each batch: pretrain.copy_share must be in [0, 1] and "
-                         f"sft.copy_share in [0, 1), got {cfg.pretrain.copy_share} and {cfg.sft.copy_share}")
     dist = init_distributed(cfg.device)
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed + dist.rank)
